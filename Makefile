@@ -1,0 +1,51 @@
+# ulmtools: every target installs what it needs into a local virtual environment.
+#
+#   make demo      simulate -> beamform -> ... on a small data set, then score it
+#   make test      the fast test suite (what CI runs)
+#   make test-all  every test, slow ones included
+#   make lint      ruff check + format check
+#   make bench     benchmarks, printed as tables
+#
+# On a GPU server, install a CUDA build of torch instead of the CPU one:
+#   make install TORCH_SPEC='torch>=2.4'
+# (plain 'torch' from PyPI is a CUDA build on Linux; here torch==2.13.0 is a local CPU wheel).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all lint format bench demo clean minkowski
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check ulmtools tests bench examples
+	$(PY) -m ruff format --check ulmtools tests bench examples
+
+format: install
+	$(PY) -m ruff format ulmtools tests bench examples
+	$(PY) -m ruff check --fix ulmtools tests bench examples
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo

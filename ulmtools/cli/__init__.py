@@ -1,0 +1,1 @@
+"""The ``ulm`` command line: a thin layer over the library; no numerics here."""

@@ -1,0 +1,101 @@
+"""The ``ulm`` application: command registry and the single error handler."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+from typer.exceptions import TyperException
+
+from ulmtools import __version__
+from ulmtools.cli import info
+from ulmtools.cli.context import state
+from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UlmError
+
+app = typer.Typer(
+    name="ulm",
+    help=(
+        "Deep-learning Ultrasound Localization Microscopy in 2D and 3D. Each stage reads "
+        "and writes Zarr stores; see 'man ulm' and 'man 5 ulm-stores'."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ulm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Deep-learning Ultrasound Localization Microscopy in 2D and 3D."""
+
+
+app.command("info")(info.info)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Turn SIGTERM into the same path as Ctrl-C, so atomic writers clean up.
+    raise KeyboardInterrupt
+
+
+def _fail(message: str, code: int) -> int:
+    state.console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ulm`` with ``argv``; return the exit code instead of raising."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-v", "--verbose") for a in args):
+        state.verbose = True
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="ulm", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except UlmError as exc:
+        if state.verbose:
+            traceback.print_exc(file=sys.stderr)
+        return _fail(str(exc), exc.exit_code)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted; no output was left behind", EXIT_INTERRUPTED)
+    except TyperException as exc:
+        # Usage errors: click's own one-line message, plus where help is.
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return _fail(f"{exc.format_message()}{where}", getattr(exc, "exit_code", EXIT_USAGE))
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if state.verbose:
+            traceback.print_exc(file=sys.stderr)
+            return EXIT_INTERNAL
+        return _fail(
+            f"internal error: {exc.__class__.__name__}: {exc} "
+            "(rerun with --verbose for the traceback, and please report it)",
+            EXIT_INTERNAL,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

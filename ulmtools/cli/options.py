@@ -1,0 +1,49 @@
+"""Options shared by every stage, defined once so flags mean the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Force = Annotated[
+    bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or informational messages on stderr.")
+]
+Verbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Debug logging on stderr, and tracebacks on errors."),
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Random seed; the seed used is recorded in the output's provenance.",
+        show_default="random",
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers", min=0, help="Worker processes; 0 uses every core, 1 works in-process."
+    ),
+]
+InputStore = Annotated[
+    Path, typer.Argument(help="Input store (a .zarr directory).", show_default=False)
+]
+OutputStore = Annotated[
+    Path, typer.Argument(help="Output store to create (a .zarr directory).", show_default=False)
+]

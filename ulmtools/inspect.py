@@ -1,0 +1,115 @@
+"""What is in a store: the library side of ``ulm info``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import zarr
+
+from ulmtools.store import open_store
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> list[dict[str, Any]]:
+    out = []
+    for name, node in sorted(group.members(), key=lambda kv: kv[0]):
+        path = f"{prefix}{name}"
+        if isinstance(node, zarr.Array):
+            out.append(
+                {
+                    "path": path,
+                    "shape": list(node.shape),
+                    "dtype": str(node.dtype),
+                    "chunks": list(node.chunks),
+                    "dims": list(node.metadata.dimension_names or []),
+                    "bytes": int(node.nbytes),
+                    "stored_bytes": int(node.nbytes_stored()),
+                }
+            )
+        else:
+            out.append({"path": path + "/", "group": True})
+            out.extend(_arrays(node, prefix=path + "/"))
+    return out
+
+
+def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON-ready description of a store: kind, arrays, grid, truth, lineage."""
+    store = open_store(path)
+    attrs = dict(store.attrs)
+    arrays = [a for a in _arrays(store.group) if not a.get("group")]
+    summary: dict[str, Any] = {
+        "path": str(store.path),
+        "kind": store.kind,
+        "version": store.version,
+        "id": store.id,
+        "axes": attrs.get("axes"),
+        "grid": attrs.get("grid"),
+        "truth": store.has_truth,
+        "arrays": arrays,
+        "stored_bytes": sum(a["stored_bytes"] for a in arrays),
+        "provenance": store.provenance,
+    }
+    if store.has_truth:
+        summary["truth_grid"] = store.group["truth"].attrs.get("grid")
+    for key in ("stats", "acquisition_summary", "architecture"):
+        if key in attrs:
+            summary[key] = attrs[key]
+    return summary
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError  # unreachable
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable form of :func:`summarize`."""
+    lines = [f"{s['path']}: {s['kind']} store, version {s['version']}, id {s['id']}"]
+    if s.get("axes"):
+        axes = ", ".join(
+            f"{a['name']} ({a['type']}{', ' + a['unit'] if a.get('unit') else ''})"
+            for a in s["axes"]
+        )
+        lines.append(f"axes: {axes}")
+    g = s.get("grid")
+    if g:
+        dims = " x ".join(str(n) for n in g["shape"])
+        spacing = ", ".join(f"{v * 1e6:.2f}" for v in g["spacing"])
+        origin = ", ".join(f"{v * 1e3:.3f}" for v in g["origin"])
+        rate = f", {g['frame_rate']:g} Hz" if g.get("frame_rate") else ""
+        lines.append(
+            f"grid: {'/'.join(g['axes'])} {dims}, spacing {spacing} um, origin {origin} mm{rate}"
+        )
+    tg = s.get("truth_grid")
+    truth = "none"
+    if s.get("truth"):
+        truth = "yes"
+        if tg:
+            truth += f" (track maps {' x '.join(str(n) for n in tg['shape'])})"
+    lines.append(f"truth: {truth}")
+    if s.get("stats"):
+        stats = ", ".join(f"{k} {v}" for k, v in s["stats"].items() if not isinstance(v, dict))
+        lines.append(f"stats: {stats}")
+    lines.append(f"arrays ({_size(s['stored_bytes'])} stored):")
+    width = max((len(a["path"]) for a in s["arrays"]), default=0)
+    for a in s["arrays"]:
+        shape = "x".join(str(n) for n in a["shape"])
+        chunks = "x".join(str(n) for n in a["chunks"])
+        dims = f" ({', '.join(a['dims'])})" if a["dims"] else ""
+        lines.append(
+            f"  {a['path']:<{width}}  {a['dtype']:<9} {shape}{dims}  chunks {chunks}  "
+            f"{_size(a['stored_bytes'])} stored"
+        )
+    lines.append(f"provenance ({len(s['provenance'])} stages):")
+    for e in s["provenance"]:
+        inputs = ", ".join(str(i.get("id", "?"))[:8] for i in e.get("inputs", []))
+        src = f" <- {inputs}" if inputs else ""
+        lines.append(
+            f"  {e.get('time', '?')}  {e.get('stage', '?'):<9} ulmtools {e.get('version', '?')}"
+            f"{src}  $ {e.get('command', '')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,535 @@
+"""Versioned Zarr stores: the on-disk contract between pipeline stages.
+
+Every store is one Zarr (format 3) group whose root attributes say what it is:
+
+``ulm``
+    ``{"kind": KIND, "version": "MAJOR.MINOR"}``. Readers accept any minor
+    version of the major version they know and refuse other majors by name.
+``id``
+    A random identifier, so provenance can name the stores a result came from.
+``axes``
+    For the main arrays: ``[{"name", "type", "unit"}, ...]`` (see :mod:`ulmtools.grid`).
+``grid``
+    The sampling grid: axes, shape, origin and spacing in metres, frame rate in Hz.
+``provenance``
+    One entry per stage that touched the data, oldest first. Each stage copies
+    its input's list and appends its own entry (command line, resolved
+    parameters, package version, time, input store ids).
+
+Ground truth, where known, lives in a ``truth/`` group (see :mod:`ulmtools.truth`).
+
+Writes are atomic: :func:`create_store` builds the store under a hidden
+temporary name beside the target and renames it into place only when the
+writing code finished without error, so an output appears whole or not at all.
+An existing output is refused unless ``force`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ulmtools import __version__
+from ulmtools.errors import InputError, OutputError
+from ulmtools.grid import Grid, axes_metadata
+
+# ---------------------------------------------------------------------------
+# Kinds and their schema
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What a store of one kind must hold for a reader to accept it."""
+
+    name: str
+    version: str
+    description: str
+    required_arrays: tuple[str, ...] = ()
+    any_of_arrays: tuple[str, ...] = ()
+    required_attrs: tuple[str, ...] = ()
+    extra_check: Callable[[zarr.Group, str], None] | None = field(default=None, compare=False)
+
+
+KINDS: dict[str, KindSpec] = {
+    "channel": KindSpec(
+        "channel",
+        "1.0",
+        "element IQ per transmit, (movie, frame, transmit, sample, element)",
+        required_arrays=("iq",),
+        required_attrs=("acquisition",),
+    ),
+    "image": KindSpec(
+        "image",
+        "1.0",
+        "beamformed IQ and/or PSF correlation, (movie, t, z, x[, y])",
+        any_of_arrays=("iq", "corr"),
+        required_attrs=("grid",),
+    ),
+    "sparse": KindSpec(
+        "sparse",
+        "1.0",
+        "active sites: coords (n, 1+D), feats (n, C), per-movie offsets",
+        required_arrays=("coords", "feats", "offsets"),
+        required_attrs=("grid",),
+    ),
+    "model": KindSpec(
+        "model",
+        "1.0",
+        "a trained network: architecture, constructor arguments, weights, history",
+        required_attrs=("architecture",),
+    ),
+    "prediction": KindSpec(
+        "prediction",
+        "1.0",
+        "per-movie super-resolved maps and the accumulated angiogram",
+        required_arrays=("angiogram",),
+        required_attrs=("grid",),
+    ),
+    "tracks": KindSpec(
+        "tracks",
+        "1.0",
+        "localizations and linked tracks from conventional ULM",
+        required_attrs=("grid",),
+    ),
+    "angiogram": KindSpec(
+        "angiogram",
+        "1.0",
+        "a rendered density map on a super-resolved grid",
+        required_arrays=("angiogram",),
+        required_attrs=("grid",),
+    ),
+}
+
+
+def major(version: str) -> int:
+    return int(str(version).split(".", 1)[0])
+
+
+# ---------------------------------------------------------------------------
+# Opening stores for reading
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    """An opened, validated store: the Zarr group plus its decoded root attributes."""
+
+    path: Path
+    group: zarr.Group
+    kind: str
+    version: str
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        return self.group.attrs
+
+    @property
+    def id(self) -> str | None:
+        return self.group.attrs.get("id")
+
+    @property
+    def provenance(self) -> list[dict[str, Any]]:
+        return list(self.group.attrs.get("provenance", []))
+
+    @property
+    def grid(self) -> Grid:
+        if "grid" not in self.group.attrs:
+            raise InputError(f"{self.path} has no grid attribute", "describe its sampling grid")
+        return Grid.from_attrs(self.group.attrs["grid"])
+
+    @property
+    def has_truth(self) -> bool:
+        return "truth" in self.group and isinstance(self.group["truth"], zarr.Group)
+
+    def array(self, name: str) -> zarr.Array:
+        try:
+            node = self.group[name]
+        except KeyError:
+            raise InputError(
+                f"{self.path} has no array {name!r}",
+                f"this {self.kind} store lacks what the stage needs",
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise InputError(f"{self.path}/{name} is a group, not an array")
+        return node
+
+    def describe(self) -> dict[str, Any]:
+        """An input reference for provenance."""
+        return {"id": self.id, "path": str(self.path), "kind": self.kind, "version": self.version}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    kind: str | Sequence[str] | None = None,
+    *,
+    require_arrays: Sequence[str] = (),
+    require_attrs: Sequence[str] = (),
+) -> Store:
+    """Open a ulmtools store read-only and check it is what the caller needs.
+
+    Refuses with an :class:`InputError` (one line, exit code 3) when the path
+    is missing, is not a Zarr format 3 group, is not a ulmtools store, is of
+    the wrong kind or major version, or lacks a required array or attribute.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such store: {p}", "check the path")
+    if not p.is_dir():
+        raise InputError(f"{p} is a file, not a Zarr store", "stores are directories ending in .zarr")
+    meta_path = p / "zarr.json"
+    if not meta_path.is_file():
+        if (p / ".zgroup").is_file() or (p / ".zarray").is_file():
+            raise InputError(
+                f"{p} is a Zarr format 2 store; ulmtools reads Zarr format 3",
+                "convert it with zarr-python 3 (zarr.open_group(..., zarr_format=3))",
+            )
+        raise InputError(f"{p} is not a Zarr store (no zarr.json)", "check the path")
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+        raise InputError(f"{p} is not a Zarr format 3 store")
+    if meta.get("node_type") != "group":
+        raise InputError(f"{p} is a Zarr array, not a ulmtools store (a group)")
+    ulm = meta.get("attributes", {}).get("ulm")
+    if not isinstance(ulm, dict) or "kind" not in ulm or "version" not in ulm:
+        raise InputError(
+            f"{p} is a Zarr store but not a ulmtools store (no 'ulm' kind/version attribute)",
+            "see 'man 5 ulm-stores' for how to describe your own data",
+        )
+    found_kind, found_version = str(ulm["kind"]), str(ulm["version"])
+    wanted = [kind] if isinstance(kind, str) else list(kind or [])
+    if wanted and found_kind not in wanted:
+        raise InputError(
+            f"{p} is a {found_kind} store; this needs a {' or '.join(wanted)} store",
+            _kind_hint(wanted),
+        )
+    spec = KINDS.get(found_kind)
+    if spec is None:
+        raise InputError(f"{p} has unknown kind {found_kind!r}; known: {', '.join(KINDS)}")
+    try:
+        found_major = major(found_version)
+    except ValueError:
+        raise InputError(f"{p} has a malformed version {found_version!r}") from None
+    if found_major != major(spec.version):
+        newer = found_major > major(spec.version)
+        raise InputError(
+            f"{p} is a {found_kind} store of version {found_version}; "
+            f"this ulmtools {__version__} reads version {major(spec.version)}.x",
+            "upgrade ulmtools" if newer else "recreate the store with this ulmtools",
+        )
+    group = zarr.open_group(str(p), mode="r", zarr_format=3)
+    store = Store(p, group, found_kind, found_version)
+    for name in require_attrs or spec.required_attrs:
+        if name not in group.attrs:
+            raise InputError(f"{p} lacks the required attribute {name!r} of a {found_kind} store")
+    for name in tuple(spec.required_arrays) + tuple(require_arrays):
+        if name not in group or not isinstance(group[name], zarr.Array):
+            raise InputError(f"{p} lacks the required array {name!r} of a {found_kind} store")
+    if spec.any_of_arrays and not any(
+        n in group and isinstance(group[n], zarr.Array) for n in spec.any_of_arrays
+    ):
+        raise InputError(
+            f"{p} holds none of the arrays {', '.join(spec.any_of_arrays)} "
+            f"that a {found_kind} store needs"
+        )
+    if spec.extra_check is not None:
+        spec.extra_check(group, str(p))
+    return store
+
+
+_PRODUCER = {
+    "channel": "ulm simulate --level channel",
+    "image": "ulm beamform, or ulm simulate --level image",
+    "sparse": "ulm sparsify",
+    "model": "ulm train",
+    "prediction": "ulm infer",
+    "tracks": "ulm track",
+    "angiogram": "ulm track or ulm infer",
+}
+
+
+def _kind_hint(wanted: Sequence[str]) -> str:
+    makers = [_PRODUCER[k] for k in wanted if k in _PRODUCER]
+    return f"make one with {' or '.join(makers)}" if makers else "check the input path"
+
+
+# ---------------------------------------------------------------------------
+# Writing stores atomically
+# ---------------------------------------------------------------------------
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Refuse an output path early, before any work is done.
+
+    Raises :class:`OutputError` (exit code 4) when the output exists and
+    ``force`` is not set, when it would overwrite one of the inputs, or when
+    its parent directory is missing or not writable.
+    """
+    out = Path(path)
+    for inp in inputs:
+        if Path(inp).resolve() == out.resolve():
+            raise OutputError(f"the output {out} is also an input", "write to another path")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f"{out} exists", "use --force to overwrite it")
+        if out.is_dir() and not (out / "zarr.json").exists() and any(out.iterdir()):
+            raise OutputError(
+                f"{out} is a non-empty directory that is not a Zarr store; refusing to replace it",
+                "choose another output path",
+            )
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"the directory {parent} does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"the directory {parent} is not writable", "choose another output path")
+    return out
+
+
+def store_id() -> str:
+    return uuid.uuid4().hex
+
+
+def provenance_entry(
+    stage: str,
+    parameters: Mapping[str, Any],
+    inputs: Sequence[Store] = (),
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """One provenance record: what ran, with which resolved parameters, on what."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return {
+        "stage": stage,
+        "command": shlex.join(argv),
+        "parameters": _jsonable(dict(parameters)),
+        "version": __version__,
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "libraries": _library_versions(),
+        "inputs": [s.describe() for s in inputs],
+    }
+
+
+def lineage(inputs: Sequence[Store], entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The provenance list of a new store: its inputs' lists, then ``entry``.
+
+    With several inputs, entries already present (same stage, time and
+    command) are kept once, so shared ancestry is not repeated.
+    """
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for s in inputs:
+        for e in s.provenance:
+            key = json.dumps([e.get("stage"), e.get("time"), e.get("command")])
+            if key not in seen:
+                seen.add(key)
+                out.append(e)
+    out.append(dict(entry))
+    return out
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"numpy": np.__version__, "zarr": zarr.__version__}
+    for mod in ("torch", "scipy", "numba", "pymust", "MinkowskiEngine"):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, "__version__"):
+            versions[mod] = str(m.__version__)
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars, tuples, paths and dataclasses to plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Path, os.PathLike)):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+jsonable = _jsonable
+
+
+def _temporary_sibling(out: Path, tag: str) -> Path:
+    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def create_store(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    provenance: Sequence[Mapping[str, Any]],
+    grid: Grid | None = None,
+    axes: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> Iterator[zarr.Group]:
+    """Create a store of ``kind`` atomically; yield its writable root group.
+
+    The store is written under a hidden temporary name beside ``path`` and
+    renamed into place when the ``with`` block ends without an exception. On
+    any exception (including KeyboardInterrupt) the temporary store is
+    removed and an existing output is left as it was.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown store kind {kind!r}")
+    out = check_output(path, force=force, inputs=inputs)
+    tmp = _temporary_sibling(out, "partial")
+    root_attrs: dict[str, Any] = {
+        "ulm": {"kind": kind, "version": KINDS[kind].version},
+        "id": store_id(),
+        "provenance": _jsonable(list(provenance)),
+    }
+    if axes is not None:
+        root_attrs["axes"] = axes_metadata(axes)
+    if grid is not None:
+        root_attrs["grid"] = grid.to_attrs()
+    if attrs:
+        root_attrs.update(_jsonable(dict(attrs)))
+    try:
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+        group.attrs.update(root_attrs)
+        yield group
+        _replace(tmp, out, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace(tmp: Path, out: Path, *, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not force:  # appeared while we were writing
+            raise OutputError(f"{out} exists", "use --force to overwrite it")
+        old = _temporary_sibling(out, "old")
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.rename(tmp, out)
+
+
+# ---------------------------------------------------------------------------
+# Arrays
+# ---------------------------------------------------------------------------
+
+CHUNK_TARGET_BYTES = 32 * 2**20
+
+
+def default_chunks(
+    shape: Sequence[int], dtype: Any, *, target_bytes: int = CHUNK_TARGET_BYTES
+) -> tuple[int, ...]:
+    """One movie per chunk, or part of one when a movie is large.
+
+    The leading axis is the movie axis (chunk 1); if a movie exceeds
+    ``target_bytes``, the second axis (frames) is split into equal blocks
+    so a chunk stays near the target. Other axes are never split, so a
+    reader of a block of frames gets whole images.
+    """
+    shape = tuple(int(n) for n in shape)
+    if not shape:
+        return ()
+    itemsize = np.dtype(dtype).itemsize
+    chunks = [1] + [max(n, 1) for n in shape[1:]]
+    if len(shape) == 1:
+        return (max(1, min(shape[0], target_bytes // itemsize)),)
+    movie_bytes = itemsize * int(np.prod(chunks[1:]))
+    if movie_bytes > target_bytes and len(shape) > 1:
+        per_frame = movie_bytes // max(shape[1], 1)
+        chunks[1] = max(1, min(shape[1], target_bytes // max(per_frame, 1)))
+    return tuple(chunks)
+
+
+def create_array(
+    group: zarr.Group,
+    name: str,
+    *,
+    shape: Sequence[int],
+    dtype: Any,
+    dims: Sequence[str],
+    chunks: Sequence[int] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    fill_value: Any = None,
+) -> zarr.Array:
+    """Create an array with named dimensions and the default movie chunking."""
+    if len(dims) != len(shape):
+        raise ValueError(f"{name}: {len(dims)} dimension names for a {len(shape)}-d shape")
+    arr = group.create_array(
+        name,
+        shape=tuple(int(n) for n in shape),
+        dtype=dtype,
+        chunks=tuple(chunks) if chunks is not None else default_chunks(shape, dtype),
+        dimension_names=list(dims),
+        fill_value=fill_value,
+    )
+    meta: dict[str, Any] = {"axes": axes_metadata(dims)}
+    if attrs:
+        meta.update(_jsonable(dict(attrs)))
+    arr.attrs.update(meta)
+    return arr
+
+
+def write_array(
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    *,
+    dims: Sequence[str],
+    chunks: Sequence[int] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> zarr.Array:
+    """Create an array and fill it with ``data`` in one go."""
+    data = np.asarray(data)
+    arr = create_array(
+        group, name, shape=data.shape, dtype=data.dtype, dims=dims, chunks=chunks, attrs=attrs
+    )
+    if data.size:
+        arr[...] = data
+    return arr
