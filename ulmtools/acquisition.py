@@ -138,10 +138,16 @@ class Acquisition:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Acquisition:
-        required = (
-            "dim element_positions center_frequency sampling_frequency n_samples t0 "
-            "transmit_delays frame_rate"
-        ).split()
+        required = [
+            "dim",
+            "element_positions",
+            "center_frequency",
+            "sampling_frequency",
+            "n_samples",
+            "t0",
+            "transmit_delays",
+            "frame_rate",
+        ]
         missing = [k for k in required if k not in attrs]
         if missing:
             raise InputError(

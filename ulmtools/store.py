@@ -197,7 +197,9 @@ def open_store(
     if not p.exists():
         raise InputError(f"no such store: {p}", "check the path")
     if not p.is_dir():
-        raise InputError(f"{p} is a file, not a Zarr store", "stores are directories ending in .zarr")
+        raise InputError(
+            f"{p} is a file, not a Zarr store", "stores are directories ending in .zarr"
+        )
     meta_path = p / "zarr.json"
     if not meta_path.is_file():
         if (p / ".zgroup").is_file() or (p / ".zarray").is_file():
@@ -393,6 +395,34 @@ def _temporary_sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove temporaries left beside ``out`` by writers that were killed (kill -9)."""
+    prefix = f".{out.name}."
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        name = p.name
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix) :].split("-")
+        if len(parts) != 3 or parts[0] not in ("partial", "old") or not parts[1].isdigit():
+            continue
+        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def create_store(
     path: str | os.PathLike[str],
@@ -415,6 +445,7 @@ def create_store(
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}")
     out = check_output(path, force=force, inputs=inputs)
+    _sweep_stale(out)
     tmp = _temporary_sibling(out, "partial")
     root_attrs: dict[str, Any] = {
         "ulm": {"kind": kind, "version": KINDS[kind].version},

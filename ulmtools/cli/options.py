@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-Force = Annotated[
-    bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")
-]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output if it exists.")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress or informational messages on stderr.")
 ]
