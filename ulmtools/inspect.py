@@ -66,6 +66,27 @@ def _size(n: int) -> str:
     raise AssertionError  # unreachable
 
 
+def _sparsity(st: Any) -> str | None:
+    """One line for a sparse store's stats (written by ulm sparsify)."""
+    keys = ("active_sites_mean", "active_sites_min", "active_sites_max", "sites_per_movie")
+    if not isinstance(st, dict) or not all(isinstance(st.get(k), (int, float)) for k in keys):
+        return None
+    rule = {"threshold": f"threshold {st.get('threshold')}", "topk": f"top-k {st.get('k')}"}.get(
+        st.get("method"), f"{st.get('method')} cutoff {st.get('threshold')}"
+    )
+    share = 100 * st["active_sites_mean"] / max(st["sites_per_movie"], 1)
+    text = (
+        f"{rule}: {st['active_sites_mean']:.0f} active sites per movie "
+        f"(min {st['active_sites_min']}, max {st['active_sites_max']}) of "
+        f"{st['sites_per_movie']} ({share:.2f} %)"
+    )
+    if st.get("empty_movies"):
+        text += f", {st['empty_movies']} empty movies"
+    if isinstance(st.get("kept_bubble_fraction"), (int, float)):
+        text += f", {100 * st['kept_bubble_fraction']:.1f} % of true bubble pixels kept"
+    return text
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable form of :func:`summarize`."""
     lines = [f"{s['path']}: {s['kind']} store, version {s['version']}, id {s['id']}"]
@@ -91,7 +112,9 @@ def format_summary(s: dict[str, Any]) -> str:
         if tg:
             truth += f" (track maps {' x '.join(str(n) for n in tg['shape'])})"
     lines.append(f"truth: {truth}")
-    if s.get("stats"):
+    if s.get("kind") == "sparse" and _sparsity(s.get("stats")):
+        lines.append(f"sparsity: {_sparsity(s['stats'])}")
+    elif s.get("stats"):
         stats = ", ".join(f"{k} {v}" for k, v in s["stats"].items() if not isinstance(v, dict))
         lines.append(f"stats: {stats}")
     lines.append(f"arrays ({_size(s['stored_bytes'])} stored):")

@@ -13,6 +13,7 @@ from typer.exceptions import TyperException
 
 from ulmtools import __version__
 from ulmtools.cli import info
+from ulmtools.cli import sparsify as sparsify_cmd
 from ulmtools.cli.context import state
 from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UlmError
 
@@ -46,6 +47,7 @@ def _root(
 
 
 app.command("info")(info.info)
+app.command("sparsify")(sparsify_cmd.sparsify)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

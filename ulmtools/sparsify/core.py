@@ -1,0 +1,347 @@
+"""Dense-to-sparse: which pixels of a correlation movie the sparse network sees.
+
+Three rules, each giving a boolean mask over one movie ``(t, *space)``:
+
+threshold
+    keep sites whose power ``real**2 + imag**2`` (i.e. abs(corr)**2, computed
+    in the input's precision) is strictly greater than ``T``. Defaults as in
+    the paper: 0.10 for 2D grids, 0.25 for 3D grids.
+topk
+    keep the ``k`` sites of largest power in each movie (all of them when the
+    movie has fewer than ``k`` sites). Ties at the k-th value are broken by
+    position (earliest in (t, z, x[, y]) order first), so the result is
+    deterministic.
+mask
+    a learned mask: a Mask CNN (:mod:`ulmtools.models.mask_cnn`) predicts the
+    probability of a bubble at every site; keep sites whose probability is
+    strictly greater than the cutoff (``threshold``, default 0.5).
+
+The fraction of true bubble pixels kept is measured against the
+low-resolution truth mask: for every truth row (position, frame) of a movie,
+the site ``(frame, nearest pixel)`` where nearest pixel is
+``rint(grid.to_index(position))`` — the pixel whose cell contains the
+position. Positions outside the grid, and frames outside the movie, are left
+out. The fraction is (truth sites that are active) / (truth sites), summed
+over all movies; it is ``None`` when the input carries no truth or the truth
+has no bubble inside the grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ulmtools.errors import InputError, UsageError
+from ulmtools.grid import Grid
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.sparsify.io import ROWS_PER_CHUNK, SparseWriter
+from ulmtools.store import Store, create_array
+from ulmtools.truth import Truth
+
+log = logging.getLogger(__name__)
+
+METHODS = ("threshold", "topk", "mask")
+DEFAULT_THRESHOLD = {2: 0.10, 3: 0.25}
+DEFAULT_MASK_CUTOFF = 0.5
+MAX_EMPTY_WARNINGS = 5
+
+
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """How to sparsify. ``threshold=None`` means the default for the method/grid."""
+
+    method: str = "threshold"
+    threshold: float | None = None
+    k: int | None = None
+    rows_per_chunk: int = ROWS_PER_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.method == "topk":
+            if self.k is None:
+                raise UsageError(
+                    "--method topk needs --k K, the number of sites kept per movie",
+                    "the paper explored 5000 to 50000 per 512-frame 2D movie",
+                )
+            if self.k < 1:
+                raise UsageError(f"--k must be at least 1, got {self.k}")
+            if self.threshold is not None:
+                raise UsageError("--threshold does not apply to --method topk", "give --k only")
+        elif self.k is not None:
+            raise UsageError(f"--k applies only to --method topk, not {self.method}")
+        if self.threshold is not None:
+            if not np.isfinite(self.threshold) or self.threshold < 0:
+                raise UsageError(f"--threshold must be a finite number >= 0, got {self.threshold}")
+            if self.method == "mask" and not 0 <= self.threshold < 1:
+                raise UsageError(
+                    f"with --method mask, --threshold is the probability cutoff in [0, 1); "
+                    f"got {self.threshold}"
+                )
+
+    def resolved(self, space_ndim: int) -> SparsifyConfig:
+        """The config with the default threshold filled in for a grid of ``space_ndim``."""
+        if self.method == "threshold" and self.threshold is None:
+            if space_ndim not in DEFAULT_THRESHOLD:
+                raise InputError(f"the grid has {space_ndim} spatial axes; expected 2 or 3")
+            return SparsifyConfig(
+                self.method, DEFAULT_THRESHOLD[space_ndim], None, self.rows_per_chunk
+            )
+        if self.method == "mask" and self.threshold is None:
+            return SparsifyConfig(self.method, DEFAULT_MASK_CUTOFF, None, self.rows_per_chunk)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Selection rules on one movie
+# ---------------------------------------------------------------------------
+
+
+def power(corr: np.ndarray) -> np.ndarray:
+    """``abs(corr)**2`` as ``real**2 + imag**2`` in the input's real precision."""
+    corr = np.asarray(corr)
+    if np.iscomplexobj(corr):
+        re, im = corr.real, corr.imag
+        return re * re + im * im
+    return corr * corr
+
+
+def threshold_mask(corr: np.ndarray, threshold: float) -> np.ndarray:
+    """Sites whose power exceeds ``threshold`` (strictly)."""
+    return power(corr) > threshold
+
+
+def topk_mask(corr: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` sites of largest power (all when fewer); ties broken by position."""
+    p = power(corr).ravel()
+    out = np.zeros(p.shape, dtype=bool)
+    if k >= p.size:
+        out[:] = True
+        return out.reshape(np.shape(corr))
+    # The k-th largest value, then everything above it plus the first ties.
+    kth = np.partition(p, p.size - k)[p.size - k]
+    above = p > kth
+    need = k - int(above.sum())
+    out[above] = True
+    if need > 0:
+        ties = np.flatnonzero(p == kth)[:need]
+        out[ties] = True
+    return out.reshape(np.shape(corr))
+
+
+def movie_to_sites(corr: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(coords int32 (n, ndim), feats float32 (n, 2))`` of the masked sites, in C order."""
+    coords = np.argwhere(mask).astype(np.int32, copy=False)
+    values = np.asarray(corr)[mask]
+    feats = np.empty((len(values), 2), dtype=np.float32)
+    feats[:, 0] = values.real
+    feats[:, 1] = values.imag if np.iscomplexobj(values) else 0.0
+    return coords, feats
+
+
+def truth_sites(positions: np.ndarray, frames: np.ndarray, grid: Grid, n_frames: int) -> np.ndarray:
+    """Flat indices into ``(n_frames, *grid.shape)`` of the low-resolution truth mask.
+
+    Nearest pixel: ``rint(grid.to_index(position))``; rows outside the grid or
+    the movie are dropped; duplicates (two bubbles in one pixel) count once.
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, grid.ndim)
+    frames = np.asarray(frames, dtype=np.int64).ravel()
+    if len(frames) == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.rint(grid.to_index(positions)).astype(np.int64)
+    shape = np.asarray(grid.shape)
+    inside = np.all((idx >= 0) & (idx < shape), axis=1) & (frames >= 0) & (frames < n_frames)
+    full = np.column_stack([frames[inside], idx[inside]])
+    if not len(full):
+        return np.zeros(0, dtype=np.int64)
+    flat = np.ravel_multi_index(tuple(full.T), (int(n_frames), *grid.shape))
+    return np.unique(flat)
+
+
+def truth_mask(positions: np.ndarray, frames: np.ndarray, grid: Grid, n_frames: int) -> np.ndarray:
+    """The low-resolution truth mask ``(n_frames, *grid.shape)`` (see :func:`truth_sites`)."""
+    out = np.zeros((int(n_frames), *grid.shape), dtype=bool)
+    out.ravel()[truth_sites(positions, frames, grid, n_frames)] = True
+    return out
+
+
+# ---------------------------------------------------------------------------
+# A whole store
+# ---------------------------------------------------------------------------
+
+MaskPredictor = Callable[[np.ndarray], np.ndarray]
+"""Maps one movie's correlation ``(t, *space)`` to per-site probabilities, same shape."""
+
+
+@dataclass
+class SparsifyStats:
+    """What sparsify did, for the ``stats`` attribute and ``--json``."""
+
+    method: str
+    threshold: float | None
+    k: int | None
+    movies: int
+    sites_per_movie: int
+    active_sites: list[int] = field(default_factory=list)
+    truth_sites: list[int] | None = None
+    truth_sites_kept: list[int] | None = None
+
+    @property
+    def empty_movies(self) -> int:
+        return sum(1 for n in self.active_sites if n == 0)
+
+    def summary(self) -> dict[str, Any]:
+        a = np.asarray(self.active_sites, dtype=np.float64)
+        mean = float(a.mean()) if a.size else 0.0
+        kept = None
+        total_truth = 0
+        if self.truth_sites is not None and self.truth_sites_kept is not None:
+            total_truth = int(sum(self.truth_sites))
+            if total_truth:
+                kept = float(sum(self.truth_sites_kept)) / total_truth
+        return {
+            "method": self.method,
+            "threshold": self.threshold,
+            "k": self.k,
+            "movies": self.movies,
+            "sites_per_movie": self.sites_per_movie,
+            "active_sites_total": int(a.sum()),
+            "active_sites_mean": mean,
+            "active_sites_min": int(a.min()) if a.size else 0,
+            "active_sites_max": int(a.max()) if a.size else 0,
+            "active_fraction": mean / self.sites_per_movie if self.sites_per_movie else 0.0,
+            "empty_movies": self.empty_movies,
+            "truth_sites": total_truth if self.truth_sites is not None else None,
+            "kept_bubble_fraction": kept,
+        }
+
+
+def check_image_store(store: Store) -> tuple[Grid, tuple[int, ...]]:
+    """The grid and ``corr`` shape of an image store, refused when inconsistent."""
+    if "corr" not in store.group:
+        raise InputError(
+            f"{store.path} has no 'corr' array (the PSF correlation maps sparsify reads)",
+            "beamform with the PSF correlation step, or add a corr array (movie, t, *space)",
+        )
+    corr = store.array("corr")
+    grid = store.grid
+    if grid.ndim not in DEFAULT_THRESHOLD:
+        raise InputError(f"{store.path}: the grid has {grid.ndim} spatial axes; expected 2 or 3")
+    if corr.ndim != 2 + grid.ndim or tuple(corr.shape[2:]) != tuple(grid.shape):
+        raise InputError(
+            f"{store.path}: corr has shape {list(corr.shape)} but the grid is "
+            f"{list(grid.shape)}; expected (movie, t, {', '.join(grid.axes)})",
+        )
+    kind = np.dtype(corr.dtype).kind
+    if kind not in "cf":
+        raise InputError(
+            f"{store.path}: corr has dtype {corr.dtype}; expected complex (or real floating)"
+        )
+    return grid, tuple(int(n) for n in corr.shape)
+
+
+def sparsify_store(
+    store: Store,
+    out: Any,
+    config: SparsifyConfig,
+    *,
+    predictor: MaskPredictor | None = None,
+    movies: Sequence[int] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> SparsifyStats:
+    """Sparsify every movie of image ``store`` into the writable group ``out``.
+
+    Writes ``coords``, ``feats``, ``offsets`` (and, with truth, the per-movie
+    arrays ``truth_sites`` and ``truth_sites_kept``) and returns the
+    statistics. Reads and writes one movie at a time. ``config`` must be
+    resolved (see :meth:`SparsifyConfig.resolved`); ``--method mask`` needs
+    ``predictor``.
+    """
+    grid, shape = check_image_store(store)
+    if config.method == "mask" and predictor is None:
+        raise UsageError("--method mask needs a mask model", "give --mask-model MODEL.zarr")
+    if config.method != "topk" and config.threshold is None:
+        raise ValueError("sparsify_store needs a resolved config (threshold filled in)")
+    corr = store.array("corr")
+    movie_ids = list(range(shape[0])) if movies is None else [int(m) for m in movies]
+    truth = Truth(store) if store.has_truth else None
+    if truth is not None and truth.n_movies != shape[0]:
+        raise InputError(f"{store.path}: truth has {truth.n_movies} movies but corr has {shape[0]}")
+    dense_shape = shape[1:]
+    writer = SparseWriter(out, grid.axes, rows_per_chunk=config.rows_per_chunk)
+    stats = SparsifyStats(
+        method=config.method,
+        threshold=config.threshold,
+        k=config.k,
+        movies=len(movie_ids),
+        sites_per_movie=int(np.prod(dense_shape)),
+        truth_sites=[] if truth is not None else None,
+        truth_sites_kept=[] if truth is not None else None,
+    )
+    progress(0, len(movie_ids), "")
+    for i, m in enumerate(movie_ids):
+        movie = np.asarray(corr[m])
+        mask = select(movie, config, predictor)
+        coords, feats = movie_to_sites(movie, mask)
+        writer.write_movie(coords, feats)
+        stats.active_sites.append(len(coords))
+        if not len(coords) and stats.empty_movies <= MAX_EMPTY_WARNINGS:
+            log.warning("movie %d has no active site (%s); its entry is empty", m, _rule(config))
+        if truth is not None:
+            tm = truth.movie(m, with_tracks=False)
+            sites = truth_sites(tm.positions, tm.frames, grid, dense_shape[0])
+            stats.truth_sites.append(len(sites))  # type: ignore[union-attr]
+            stats.truth_sites_kept.append(int(mask.ravel()[sites].sum()))  # type: ignore[union-attr]
+        progress(i + 1, len(movie_ids), f"{len(coords)} sites")
+    writer.close()
+    if stats.empty_movies > MAX_EMPTY_WARNINGS:
+        log.warning("%d of %d movies have no active site", stats.empty_movies, stats.movies)
+    if truth is not None:
+        for name, values in (
+            ("truth_sites", stats.truth_sites),
+            ("truth_sites_kept", stats.truth_sites_kept),
+        ):
+            arr = np.asarray(values, dtype=np.int64)
+            a = create_array(
+                out,
+                name,
+                shape=arr.shape,
+                dtype="int64",
+                dims=("movie",),
+                chunks=(max(len(arr), 1),),
+            )
+            if arr.size:
+                a[:] = arr
+    return stats
+
+
+def select(
+    movie: np.ndarray, config: SparsifyConfig, predictor: MaskPredictor | None = None
+) -> np.ndarray:
+    """The boolean site mask of one movie under ``config`` (resolved)."""
+    if config.method == "threshold":
+        return threshold_mask(movie, float(config.threshold))  # type: ignore[arg-type]
+    if config.method == "topk":
+        return topk_mask(movie, int(config.k))  # type: ignore[arg-type]
+    if predictor is None:
+        raise UsageError("--method mask needs a mask model", "give --mask-model MODEL.zarr")
+    prob = np.asarray(predictor(movie))
+    if prob.shape != movie.shape:
+        raise ValueError(f"mask model gave shape {prob.shape} for a movie of {movie.shape}")
+    return prob > float(config.threshold)  # type: ignore[arg-type]
+
+
+def _rule(config: SparsifyConfig) -> str:
+    if config.method == "threshold":
+        return f"no abs(corr)^2 above {config.threshold:g}"
+    if config.method == "mask":
+        return f"no mask probability above {config.threshold:g}"
+    return "top-k of an empty movie"
