@@ -1,0 +1,1 @@
+"""``ulm beamform``: delay-and-sum, compounding, clutter filtering and PSF correlation."""
