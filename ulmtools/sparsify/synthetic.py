@@ -153,3 +153,33 @@ def write_synthetic_store(
         if writer is not None:
             writer.close()
     return grid
+
+
+def write_image_store(
+    path: str | os.PathLike[str],
+    corr: np.ndarray,
+    grid: Grid,
+    *,
+    truth: list[TruthMovie] | None = None,
+    force: bool = False,
+) -> None:
+    """Write ``corr`` (movie, t, *space) as an ``image`` store, with optional truth movies.
+
+    Truth positions are in metres on ``grid``; track maps are rendered on the
+    x8 grid when a movie gives none.
+    """
+    corr = np.asarray(corr)
+    dims = ("movie", "t", *grid.axes)
+    entry = provenance_entry("synthetic", {"shape": list(corr.shape)}, argv=["write_image_store"])
+    with create_store(path, "image", provenance=[entry], grid=grid, axes=dims, force=force) as g:
+        arr = create_array(g, "corr", shape=corr.shape, dtype=corr.dtype, dims=dims)
+        if corr.size:
+            arr[...] = corr
+        if truth is not None:
+            writer = TruthWriter(g, grid.refined(8), corr.shape[0])
+            for m, tm in enumerate(truth):
+                tracks = tm.tracks
+                if tracks is None:
+                    tracks = render_tracks(np.asarray(tm.positions), writer.grid)
+                writer.write_movie(m, TruthMovie(tm.positions, tm.frames, tm.ids, tracks))
+            writer.close()
