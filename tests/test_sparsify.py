@@ -37,7 +37,9 @@ _counter = itertools.count()
 
 def grid_for(space: tuple[int, ...], frame_rate: float = 1000.0) -> Grid:
     axes = ("z", "x", "y")[: len(space)]
-    return Grid(axes, space, (0.005,) + (0.0,) * (len(space) - 1), (25e-6,) * len(space), frame_rate)
+    return Grid(
+        axes, space, (0.005,) + (0.0,) * (len(space) - 1), (25e-6,) * len(space), frame_rate
+    )
 
 
 def random_corr(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 0.5) -> np.ndarray:
