@@ -73,6 +73,7 @@ __all__ = [
 
 INTERPOLATIONS = ("nearest", "linear")
 TX_REFINE = 4  # wavelet sources per element along a linear array (pymust's choice)
+BLOCK_BYTES = 8 * 2**20  # target size of one thread's block of frames
 CACHE_SIZE = 4  # operators kept in memory (3D ones can weigh a GB or more)
 
 
@@ -270,8 +271,10 @@ def _fill(
 @dataclass(frozen=True)
 class _Built:
     indptr: np.ndarray  # int64 (P + 1,)
-    indices: np.ndarray  # int32 or int64 (nnz,)
+    indices: np.ndarray  # int32 (nnz,): rows of the compact column list ``cols``
     data: np.ndarray  # complex64 (nnz,)
+    cols: np.ndarray  # int64 (K,): the matrix columns any weight touches, ascending
+    offsets: np.ndarray  # int64 (K,): where each of them sits in one frame (T, S, E), C order
     fnumber: tuple[float, float]
     seconds: float
 
@@ -313,7 +316,39 @@ def _build(acq: Acquisition, grid: Grid, interp: str, fnumber: tuple[float, floa
     indices = np.empty(nnz, dtype=idx_dtype)
     data = np.empty(nnz, dtype=np.complex64)
     _fill(*args, fx, fy, npts, acq.demodulation_frequency, indptr, indices, data)
-    return _Built(indptr, indices, data, (fx, fy), time.perf_counter() - start)
+    # Keep only the columns (transmit, element, sample) some pixel uses: the
+    # per-thread copy of a block of frames then holds just those, so it stays
+    # in cache. ``indices`` is rewritten in place to point into that list.
+    cols = _compact(indices, n_cols)
+    t, rest = np.divmod(cols, acq.n_elements * acq.n_samples)
+    e, smp = np.divmod(rest, acq.n_samples)
+    offsets = (t * acq.n_samples + smp) * acq.n_elements + e
+    if len(cols) < 2**31 - 1 and indices.dtype != np.int32:
+        indices = indices.astype(np.int32)
+    return _Built(indptr, indices, data, cols, offsets, (fx, fy), time.perf_counter() - start)
+
+
+@numba.njit(cache=True)
+def _compact_inplace(indices, n_cols):  # pragma: no cover - compiled
+    rank = np.full(n_cols, -1, dtype=np.int64)
+    for j in range(indices.shape[0]):
+        rank[indices[j]] = 0
+    k = 0
+    for c in range(n_cols):
+        if rank[c] == 0:
+            rank[c] = k
+            k += 1
+    cols = np.empty(k, dtype=np.int64)
+    for c in range(n_cols):
+        if rank[c] >= 0:
+            cols[rank[c]] = c
+    for j in range(indices.shape[0]):
+        indices[j] = rank[indices[j]]
+    return cols
+
+
+def _compact(indices: np.ndarray, n_cols: int) -> np.ndarray:
+    return _compact_inplace(indices, n_cols)
 
 
 def geometry_key(acq: Acquisition, grid: Grid, interp: str, fnumber: tuple[float, float]) -> str:
@@ -359,13 +394,14 @@ def _cached_build(
 # ---------------------------------------------------------------------------
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _apply(indptr, indices, data, x, out, block):  # pragma: no cover - compiled
-    # x: (F, T, S, E) complex64; out: (F, P) complex64. Each thread takes a
-    # block of frames, lays it out (column, frame) split into real/imag so the
-    # inner loop over frames vectorises, then runs the sparse rows over it.
-    n_f, n_t, n_s, n_e = x.shape
-    n_cols = n_t * n_e * n_s
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply(indptr, indices, data, offsets, x, out, block):  # pragma: no cover - compiled
+    # x: (F, T*S*E) complex64; out: (F, P) complex64. Each thread takes a
+    # block of frames and copies the used samples into a (column, frame)
+    # layout split in real and imaginary parts, so the innermost loop over
+    # frames vectorises; then runs every sparse row over it.
+    n_f = x.shape[0]
+    n_cols = offsets.shape[0]
     n_pix = indptr.shape[0] - 1
     n_blocks = (n_f + block - 1) // block
     for b in numba.prange(n_blocks):
@@ -374,13 +410,10 @@ def _apply(indptr, indices, data, x, out, block):  # pragma: no cover - compiled
         xr = np.zeros((n_cols, block), dtype=np.float32)
         xi = np.zeros((n_cols, block), dtype=np.float32)
         for i in range(nb):
-            for t in range(n_t):
-                for s in range(n_s):
-                    for e in range(n_e):
-                        v = x[f0 + i, t, s, e]
-                        k = (t * n_e + e) * n_s + s
-                        xr[k, i] = v.real
-                        xi[k, i] = v.imag
+            for k in range(n_cols):
+                v = x[f0 + i, offsets[k]]
+                xr[k, i] = v.real
+                xi[k, i] = v.imag
         ar = np.empty(block, dtype=np.float32)
         ai = np.empty(block, dtype=np.float32)
         for p in range(n_pix):
@@ -456,7 +489,7 @@ class DASOperator:
     @property
     def nbytes(self) -> int:
         b = self._built
-        return b.indptr.nbytes + b.indices.nbytes + b.data.nbytes
+        return b.indptr.nbytes + b.indices.nbytes + b.data.nbytes + b.cols.nbytes * 2
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -472,7 +505,7 @@ class DASOperator:
         """The compounded matrix (pixels, T*E*S); columns (transmit, element, sample)."""
         if self._matrix is None:
             b = self._built
-            m = scipy.sparse.csr_matrix((b.data, b.indices, b.indptr), shape=self.shape)
+            m = scipy.sparse.csr_matrix((b.data, b.cols[b.indices], b.indptr), shape=self.shape)
             m.has_sorted_indices = True
             self._matrix = m
         return self._matrix
@@ -502,18 +535,22 @@ class DASOperator:
         out = np.empty((n_f, self.shape[0]), dtype=np.complex64)
         if n_f:
             b = self._built
-            _apply(b.indptr, b.indices, b.data, x, out, block or _block_size(n_f))
+            blk = block or _block_size(n_f, len(b.cols))
+            _apply(b.indptr, b.indices, b.data, b.offsets, x.reshape(n_f, -1), out, blk)
         out = out.reshape(n_f, *self.grid.shape)
         return out[0] if single else out
 
     __call__ = apply
 
 
-def _block_size(n_frames: int) -> int:
-    """Frames per thread block: enough to amortise the matrix, few enough to split."""
-    threads = numba.get_num_threads()
-    per = -(-n_frames // max(threads, 1))
-    for b in (32, 16, 8):
-        if per >= b:
+def _block_size(n_frames: int, n_cols: int) -> int:
+    """Frames per thread block: enough to amortise the matrix, few enough that
+    each thread's copy of its frames (8 bytes per used sample) stays near 8 MB
+    and that every thread gets work."""
+    threads = max(numba.get_num_threads(), 1)
+    per = -(-n_frames // threads)
+    fit = max(8, (BLOCK_BYTES // max(8 * n_cols, 1)) // 8 * 8)
+    for b in (64, 32, 16, 8):
+        if b <= fit and per >= b:
             return b
     return max(1, min(8, n_frames))
