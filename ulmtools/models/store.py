@@ -22,7 +22,8 @@ Loading builds the network from a registry of architectures (name ->
 constructor) and the stored keyword arguments, then loads the weights with
 ``strict=True``: nothing is unpickled and no code is named by the store.
 A module defining a network registers it with :func:`register_architecture`;
-:data:`BUILTIN` lists the modules to import for the names ulmtools ships.
+:data:`BUILTIN` names the module to import for a known name, and any other
+name is looked for by importing every module of :mod:`ulmtools.models`.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ Factory = Callable[..., "torch.nn.Module"]
 _REGISTRY: dict[str, Factory] = {}
 
 BUILTIN: dict[str, str] = {
-    # architecture name -> module that registers it when imported
+    # architecture name -> module that registers it when imported; names not listed
+    # are found by importing every module of ulmtools.models
     "mask-cnn": "ulmtools.models.mask_cnn",
+    "sparse-deepstulm": "ulmtools.models.deepstulm",
 }
 
 
@@ -75,12 +78,30 @@ def register_architecture(name: str, factory: Factory | None = None):
 
 def architectures() -> list[str]:
     """Every architecture name that can be loaded."""
+    _import_model_modules()
     return sorted(set(_REGISTRY) | set(BUILTIN))
 
 
+def _import_model_modules() -> None:
+    """Import every module of :mod:`ulmtools.models`, so each registers its networks."""
+    import pkgutil
+
+    import ulmtools.models as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "store":
+            try:
+                importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            except ImportError:  # an optional backend missing: its networks stay unknown
+                continue
+
+
 def get_architecture(name: str) -> Factory:
+    """The registered constructor of ``name``, importing the module that defines it."""
     if name not in _REGISTRY and name in BUILTIN:
         importlib.import_module(BUILTIN[name])
+    if name not in _REGISTRY:
+        _import_model_modules()
     try:
         return _REGISTRY[name]
     except KeyError:
