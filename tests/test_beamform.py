@@ -367,7 +367,7 @@ def test_system_psf_is_centred_normalised_and_odd() -> None:
 def _bubble_peak_error(acq: Acquisition, grid: Grid, seed: int, spread: float = 2) -> np.ndarray:
     """|peak - truth| / lambda per axis, for a bubble within +-spread lambda of the centre."""
     rng = np.random.default_rng(seed)
-    psf, _ = system_psf(acq, grid)
+    psf, _ = system_psf(acq, grid, model="analytic")  # the model that makes the data here
     centre = np.array([grid.coordinates(i)[n // 2] for i, n in enumerate(grid.shape)])
     target = centre + rng.uniform(-1, 1, grid.ndim) * spread * acq.wavelength
     img = DASOperator(acq, grid).apply(point_channel_iq(acq, target[None]))
@@ -406,6 +406,18 @@ def test_single_bubble_correlation_peak_within_lambda_over_10_3d_preset_grid() -
     for seed in range(4):
         err = _bubble_peak_error(acq, grid, seed, spread=4)
         assert np.all(err <= 0.1), err
+
+
+def test_psf_echo_models() -> None:
+    acq, grid = acquisition_2d()
+    analytic, _ = system_psf(acq, grid, model="analytic")
+    custom, _ = system_psf(acq, grid, model=lambda a, p: point_channel_iq(a, p))
+    np.testing.assert_allclose(custom, analytic, atol=1e-6)
+    auto, _ = system_psf(acq, grid)
+    # the simulator's echo model (when present) images the same point the same way
+    assert auto.shape[0] >= 3 and np.argmax(np.abs(auto)) == auto.size // 2
+    with pytest.raises(InputError):
+        system_psf(acq, grid, model="bogus")
 
 
 def test_psf_window_is_odd_and_on_grid_pixels() -> None:

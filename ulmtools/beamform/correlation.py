@@ -7,9 +7,13 @@ Public API (stable; ``ulm simulate`` imports it)::
     corr = psf_correlation(iq, psf)           # iq (t, *space) or (movie, t, *space)
 
 ``system_psf`` images one point scatterer placed on the central pixel of
-``grid`` (index ``n // 2`` on each axis) by the same chain as the data: the
-analytic point-echo model of :mod:`ulmtools.beamform.pointecho`, then the
-:class:`~ulmtools.beamform.das.DASOperator` with the same options. It is
+``grid`` (index ``n // 2`` on each axis) by the same chain as the data: a
+point-echo model of the channel IQ, then the
+:class:`~ulmtools.beamform.das.DASOperator` with the same options. The echo
+model is the simulator's (``ulmtools.simulate.echoes.point_echoes``) when that
+module is importable, else the analytic model of
+:mod:`ulmtools.beamform.pointecho` (``model="auto"``); both take
+``(acq, positions (n, 3) z/x/y metres)`` and return (T, S, E) channel IQ. It is
 computed on a window of +-3 wavelengths with the grid's spacing, then cropped
 (symmetrically, odd sizes) to where its magnitude exceeds ``threshold_db``
 below the peak, plus one pixel. The PSF's centre pixel is the scatterer.
@@ -28,7 +32,7 @@ numerator is an FFT convolution, the energy a box sum.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.fft
@@ -36,12 +40,13 @@ import scipy.ndimage
 
 from ulmtools.acquisition import Acquisition
 from ulmtools.beamform.das import DASOperator
-from ulmtools.beamform.pointecho import point_channel_iq
+from ulmtools.beamform.pointecho import as_zxy, point_channel_iq
 from ulmtools.errors import InputError
 from ulmtools.grid import Grid
 
 __all__ = [
     "PSF_HALF_WIDTH_WAVELENGTHS",
+    "echo_model",
     "peak_position",
     "psf_correlation",
     "psf_window",
@@ -61,6 +66,28 @@ def psf_window(grid: Grid, shape: Sequence[int], centre_index: Sequence[int] | N
     return Grid(grid.axes, tuple(shape), tuple(origin), grid.spacing, grid.frame_rate)
 
 
+EchoModel = Callable[[Acquisition, np.ndarray], np.ndarray]
+
+
+def echo_model(name: str = "auto") -> tuple[EchoModel, str]:
+    """The point-echo model for the PSF, and its qualified name.
+
+    ``auto``: the simulator's when importable, else the analytic one;
+    ``simulate`` or ``analytic`` choose.
+    """
+    if name in ("auto", "simulate"):
+        try:
+            from ulmtools.simulate.echoes import point_echoes
+        except ImportError:
+            if name == "simulate":
+                raise InputError("the simulator's echo model is not available") from None
+        else:
+            return point_echoes, "ulmtools.simulate.echoes.point_echoes"
+    elif name != "analytic":
+        raise InputError(f"unknown echo model {name!r}", "use auto, simulate or analytic")
+    return point_channel_iq, "ulmtools.beamform.pointecho.point_channel_iq"
+
+
 def system_psf(
     acq: Acquisition,
     grid: Grid,
@@ -69,7 +96,7 @@ def system_psf(
     fnumber: float | Sequence[float] | str | None = None,
     shape: Sequence[int] | None = None,
     threshold_db: float = -20.0,
-    directivity: bool = True,
+    model: str | EchoModel = "auto",
 ) -> tuple[np.ndarray, Grid]:
     """The PSF (complex64, odd shape) of a point on ``grid``'s central pixel, and its grid.
 
@@ -84,7 +111,8 @@ def system_psf(
     else:
         window = psf_window(grid, shape)
     centre = np.array([window.coordinates(i)[n // 2] for i, n in enumerate(window.shape)])
-    channel = point_channel_iq(acq, centre[None], directivity=directivity)
+    echoes = echo_model(model)[0] if isinstance(model, str) else model
+    channel = np.asarray(echoes(acq, as_zxy(centre[None], acq.dim)))
     psf = DASOperator(acq, window, interp=interp, fnumber=fnumber).apply(channel)
     if shape is None:
         psf = _crop(psf, threshold_db)

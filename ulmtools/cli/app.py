@@ -12,6 +12,7 @@ import typer
 from typer.exceptions import TyperException
 
 from ulmtools import __version__
+from ulmtools.cli import beamform as beamform_cmd
 from ulmtools.cli import info
 from ulmtools.cli import sparsify as sparsify_cmd
 from ulmtools.cli.context import state
@@ -47,6 +48,7 @@ def _root(
 
 
 app.command("info")(info.info)
+app.command("beamform")(beamform_cmd.beamform)
 app.command("sparsify")(sparsify_cmd.sparsify)
 
 

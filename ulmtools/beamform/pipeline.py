@@ -1,0 +1,519 @@
+"""The ``ulm beamform`` stage: channel (or image) store in, image store out.
+
+Per movie, in order, with bounded memory (one movie of images plus one block
+of channel frames, whatever the number of movies):
+
+1. delay-and-sum + coherent compounding of blocks of channel frames with the
+   cached :class:`~ulmtools.beamform.das.DASOperator` (skipped when the input
+   is already beamformed IQ);
+2. SVD clutter filter over the movie's frames (``clutter=K`` removes the K
+   largest singular components; 0 keeps the data as it is);
+3. local normalised correlation with the system PSF
+   (:mod:`ulmtools.beamform.correlation`).
+
+:func:`resolve_grid` and :func:`plan` resolve every parameter up front so the
+CLI can record them; :func:`run` does the work into an open output group.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+import zarr
+
+from ulmtools.acquisition import Acquisition
+from ulmtools.beamform.clutter import svd_filter
+from ulmtools.beamform.correlation import echo_model, psf_correlation, system_psf
+from ulmtools.beamform.das import DASOperator
+from ulmtools.errors import InputError, UsageError
+from ulmtools.grid import SPACE_AXES, Grid
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.store import Store, create_array, default_chunks
+
+__all__ = [
+    "BeamformConfig",
+    "Plan",
+    "parse_clutter",
+    "parse_grid_size",
+    "parse_grid_step",
+    "plan",
+    "resolve_grid",
+    "run",
+]
+
+DEFAULT_SIZE = {2: 32, 3: 32}
+DEFAULT_STEP_WAVELENGTHS = {2: 0.25, 3: 0.5}
+READ_BYTES = 256 * 2**20  # channel frames read at a time (plus one block prefetched)
+
+
+# ---------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BeamformConfig:
+    """Everything ``ulm beamform`` can be told; ``None`` means "from the input"."""
+
+    grid_step: str | None = None  # e.g. "lambda/4", "0.25lambda", "25um", "2.5e-5"
+    grid_size: str | None = None  # e.g. "32", "32x32", "32,32,32"
+    depth: float | None = None  # metres, centre of the grid
+    clutter: int = 0  # singular components removed
+    correlate: bool = True
+    frames_per_chunk: int | None = None
+    interp: str = "linear"
+    fnumber: str = "auto"  # "auto" or a number (0 = full aperture)
+    psf_model: str = "auto"  # point-echo model of the PSF: auto, simulate or analytic
+    workers: int = 0  # 0: every core
+
+
+_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6}
+_STEP_RE = re.compile(
+    r"^\s*(?P<num>[0-9.eE+-]+)?\s*\*?\s*(?P<unit>lambda|λ|wl|m|mm|um|µm|micron)?"
+    r"\s*(?:/\s*(?P<den>[0-9.eE+-]+))?\s*$"
+)
+
+
+def _parse_length(text: str, wavelength: float) -> float:
+    m = _STEP_RE.match(text)
+    if not m or (m.group("num") is None and m.group("unit") is None):
+        raise UsageError(
+            f"cannot read the grid step {text!r}",
+            "write e.g. lambda/4, 0.25lambda, 25um, 0.025mm or 2.5e-5 (metres)",
+        )
+    try:
+        num = float(m.group("num")) if m.group("num") else 1.0
+        den = float(m.group("den")) if m.group("den") else 1.0
+    except ValueError:
+        raise UsageError(f"cannot read the grid step {text!r}") from None
+    unit = m.group("unit") or "m"
+    scale = wavelength if unit in ("lambda", "λ", "wl") else _UNITS[unit]
+    value = num / den * scale if den else math.inf
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"the grid step must be positive, got {text!r}")
+    return value
+
+
+def parse_grid_step(text: str, dim: int, wavelength: float) -> tuple[float, ...]:
+    """One step for every axis, or one per axis separated by commas (z, x[, y])."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) not in (1, dim):
+        raise UsageError(f"--grid-step needs 1 or {dim} values, got {len(parts)}")
+    steps = tuple(_parse_length(p, wavelength) for p in parts)
+    return steps * dim if len(steps) == 1 else steps
+
+
+def parse_grid_size(text: str, dim: int) -> tuple[int, ...]:
+    """``32``, ``32x32`` or ``32,32,32``: pixels per axis (z, x[, y])."""
+    parts = [p for p in re.split(r"[x,X*]", text.strip()) if p.strip()]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(
+            f"cannot read the grid size {text!r}", "write e.g. 32, 32x32 or 32x32x32"
+        ) from None
+    if len(sizes) not in (1, dim) or any(n < 1 for n in sizes):
+        raise UsageError(
+            f"--grid-size needs 1 or {dim} positive integers, got {text!r}",
+            "write e.g. 32, 32x32 or 32x32x32",
+        )
+    return sizes * dim if len(sizes) == 1 else sizes
+
+
+def parse_clutter(text: str) -> int:
+    """``none`` -> 0, ``svd:K`` -> K."""
+    t = text.strip().lower()
+    if t in ("none", "0", "svd:0"):
+        return 0
+    m = re.fullmatch(r"svd:(\d+)", t)
+    if not m:
+        raise UsageError(
+            f"unknown clutter filter {text!r}", "use none or svd:K (K an integer >= 0)"
+        )
+    return int(m.group(1))
+
+
+def _sample_window_depth(acq: Acquisition) -> float:
+    """Depth whose round trip (straight down and back) lands mid sample window."""
+    t_mid = acq.t0 + (acq.n_samples - 1) / 2 / acq.sampling_frequency
+    return max(t_mid * acq.speed_of_sound / 2, 0.0)
+
+
+def resolve_grid(
+    acq: Acquisition | None,
+    stored: Grid | None,
+    *,
+    step: str | None = None,
+    size: str | None = None,
+    depth: float | None = None,
+) -> Grid:
+    """The imaging grid: the stored one unless step, size or depth say otherwise.
+
+    Without a stored grid: lambda/4 and 32x32 in 2D, lambda/2 and 32^3 in 3D,
+    centred laterally on the array and in depth on ``depth`` or the middle of
+    the sample window.
+    """
+    if acq is None and stored is None:
+        raise InputError("the input has neither an acquisition nor a grid attribute")
+    dim = acq.dim if acq is not None else stored.ndim  # type: ignore[union-attr]
+    if stored is not None and stored.ndim != dim:
+        raise InputError(
+            f"the stored grid is {stored.ndim}D but the acquisition is {dim}D",
+            "fix the grid attribute or pass --grid-step and --grid-size",
+        )
+    frame_rate = acq.frame_rate if acq is not None else stored.frame_rate  # type: ignore[union-attr]
+    if stored is not None and step is None and size is None and depth is None:
+        return Grid(stored.axes, stored.shape, stored.origin, stored.spacing, frame_rate)
+    axes = stored.axes if stored is not None else SPACE_AXES[dim]
+    # without an acquisition (an image store), steps in wavelengths are meaningless
+    wavelength = acq.wavelength if acq is not None else math.nan
+    if step is not None:
+        spacing = parse_grid_step(step, dim, wavelength)
+        if any(math.isnan(s) for s in spacing):
+            raise UsageError("a grid step in wavelengths needs the acquisition attribute")
+    elif stored is not None:
+        spacing = stored.spacing
+    else:
+        spacing = (DEFAULT_STEP_WAVELENGTHS[dim] * wavelength,) * dim
+    if size is not None:
+        shape = parse_grid_size(size, dim)
+    elif stored is not None:
+        shape = stored.shape
+    else:
+        shape = (DEFAULT_SIZE[dim],) * dim
+    if stored is not None:
+        centre = [
+            o + (n - 1) / 2 * s for o, n, s in zip(stored.origin, stored.shape, stored.spacing)
+        ]
+    else:
+        assert acq is not None
+        lateral = acq.element_positions.mean(axis=0)  # (z, x, y)
+        centre = [_sample_window_depth(acq)] + [lateral["zxy".index(a)] for a in axes[1:]]
+    if depth is not None:
+        if not depth > 0:
+            raise UsageError(f"--depth must be positive, got {depth}")
+        centre[axes.index("z")] = depth
+    origin = tuple(c - (n - 1) / 2 * s for c, n, s in zip(centre, shape, spacing))
+    return Grid(tuple(axes), tuple(shape), origin, tuple(spacing), frame_rate)
+
+
+def _fnumber(text: str) -> str | float:
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        f = float(t)
+    except ValueError:
+        raise UsageError(f"--fnumber must be auto or a number, got {text!r}") from None
+    if not (f >= 0 and math.isfinite(f)):
+        raise UsageError(f"--fnumber must be >= 0 (0: full aperture), got {text!r}")
+    return f
+
+
+# ---------------------------------------------------------------------------
+# The plan: what will be done, decided before any heavy work
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The resolved work: input arrays, grid, shapes and parameters."""
+
+    source: Store
+    mode: str  # "channel" (DAS first) or "image" (already beamformed)
+    acquisition: Acquisition | None
+    grid: Grid
+    n_movies: int
+    n_frames: int
+    clutter: int
+    correlate: bool
+    frames_per_chunk: int
+    interp: str
+    fnumber: str | float
+    workers: int
+    psf_source: str | None  # "computed", "input" or None
+    psf_model: str | None  # qualified name of the echo model, when computed
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.n_movies, self.n_frames, *self.grid.shape)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ("movie", "t", *self.grid.axes)
+
+
+def plan(source: Store, config: BeamformConfig) -> Plan:
+    """Check the input against the config and resolve every parameter (cheap)."""
+    if config.interp not in ("linear", "nearest"):
+        raise UsageError(f"unknown interpolation {config.interp!r}", "use linear or nearest")
+    if config.frames_per_chunk is not None and config.frames_per_chunk < 1:
+        raise UsageError("--frames-per-chunk must be at least 1")
+    if config.clutter < 0:
+        raise UsageError("the SVD cut-off must be >= 0")
+    fnumber = _fnumber(config.fnumber)
+    attrs = source.attrs
+    acq = Acquisition.from_attrs(attrs["acquisition"]) if "acquisition" in attrs else None
+    stored = Grid.from_attrs(attrs["grid"]) if "grid" in attrs else None
+    if source.kind == "channel":
+        mode = "channel"
+        iq = source.array("iq")
+        _check_complex(iq, source, "(movie, frame, transmit, sample, element)")
+        assert acq is not None  # required attribute of channel stores
+        expect = (acq.n_transmits, acq.n_samples, acq.n_elements)
+        if iq.ndim != 5 or tuple(iq.shape[2:]) != expect:
+            raise InputError(
+                f"{source.path}/iq has shape {tuple(iq.shape)} but the acquisition describes "
+                f"(movie, frame, {expect[0]} transmits, {expect[1]} samples, {expect[2]} elements)",
+                "fix the acquisition attribute (n_samples, transmit_delays, element_positions)",
+            )
+        grid = resolve_grid(
+            acq, stored, step=config.grid_step, size=config.grid_size, depth=config.depth
+        )
+    else:
+        mode = "image"
+        if "corr" in source.group:
+            raise InputError(
+                f"{source.path} already holds a correlation ('corr')",
+                "ulm beamform takes channel data or beamformed IQ without a correlation",
+            )
+        iq = source.array("iq")
+        _check_complex(iq, source, "(movie, t, z, x[, y])")
+        if stored is None:
+            raise InputError(f"{source.path} has no grid attribute")
+        if config.grid_step or config.grid_size or config.depth:
+            raise UsageError(
+                "--grid-step, --grid-size and --depth apply to channel data only",
+                "beamformed IQ keeps its own grid",
+            )
+        grid = stored
+        if grid.frame_rate is None and acq is not None:
+            grid = Grid(grid.axes, grid.shape, grid.origin, grid.spacing, acq.frame_rate)
+        if iq.ndim != 2 + grid.ndim or tuple(iq.shape[2:]) != tuple(grid.shape):
+            raise InputError(
+                f"{source.path}/iq has shape {tuple(iq.shape)} but its grid is "
+                f"{tuple(grid.shape)}; expected (movie, t, {', '.join(map(str, grid.shape))})"
+            )
+        if acq is not None and acq.dim != grid.ndim:
+            raise InputError(f"{source.path}: a {grid.ndim}D grid with a {acq.dim}D acquisition")
+    n_movies, n_frames = int(iq.shape[0]), int(iq.shape[1])
+    if n_movies == 0 or n_frames == 0:
+        raise InputError(f"{source.path}/iq is empty (shape {tuple(iq.shape)})")
+    if config.clutter and config.clutter >= min(n_frames, int(np.prod(grid.shape))):
+        raise UsageError(
+            f"--clutter svd:{config.clutter} would remove every component of "
+            f"{n_frames}-frame movies",
+            f"use K < {min(n_frames, int(np.prod(grid.shape)))}",
+        )
+    psf_source = psf_model = None
+    if config.correlate:
+        if mode == "image" and "psf" in source.group:
+            psf_source = "input"
+        elif acq is not None:
+            psf_source = "computed"
+            psf_model = echo_model(config.psf_model)[1]
+        else:
+            raise InputError(
+                f"{source.path} has no acquisition attribute to compute the system PSF from",
+                "add the acquisition attribute or a psf array, or pass --no-correlate",
+            )
+    fpc = config.frames_per_chunk
+    if fpc is None:
+        fpc = default_chunks((n_movies, n_frames, *grid.shape), np.complex64)[1]
+    fpc = min(fpc, n_frames)
+    workers = config.workers if config.workers > 0 else numba.config.NUMBA_NUM_THREADS
+    p = Plan(
+        source,
+        mode,
+        acq,
+        grid,
+        n_movies,
+        n_frames,
+        config.clutter,
+        config.correlate,
+        fpc,
+        config.interp,
+        fnumber,
+        workers,
+        psf_source,
+        psf_model,
+    )
+    p.parameters = {
+        **asdict(config),
+        "mode": mode,
+        "grid": grid.to_attrs(),
+        "frames_per_chunk": fpc,
+        "workers": workers,
+        "fnumber": fnumber,
+        "psf_source": psf_source,
+        "psf_model": psf_model,
+        "psf_model_choice": config.psf_model,
+    }
+    return p
+
+
+def _check_complex(arr: zarr.Array, source: Store, layout: str) -> None:
+    if not np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputError(
+            f"{source.path}/iq is {arr.dtype}, not complex IQ {layout}",
+            "demodulate RF to IQ first (complex64)",
+        )
+
+
+# ---------------------------------------------------------------------------
+# Running it
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    read: float = 0.0
+    das: float = 0.0
+    clutter: float = 0.0
+    correlate: float = 0.0
+    write: float = 0.0
+    build: float = 0.0
+    psf: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in asdict(self).items()}
+
+
+def _read_blocks(arr: zarr.Array, movie: int, n_frames: int, block: int):
+    """Yield (f0, frames) with the next block read in the background."""
+    starts = list(range(0, n_frames, block))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(lambda s: np.asarray(arr[movie, s : s + block]), starts[0])
+        for i, s in enumerate(starts):
+            data = nxt.result()
+            if i + 1 < len(starts):
+                nxt = pool.submit(lambda s2: np.asarray(arr[movie, s2 : s2 + block]), starts[i + 1])
+            yield s, data
+
+
+def _read_block_frames(arr: zarr.Array, n_frames: int) -> int:
+    frame_bytes = int(np.prod(arr.shape[2:])) * arr.dtype.itemsize
+    n = max(1, min(n_frames, READ_BYTES // max(frame_bytes, 1)))
+    chunk = int(arr.chunks[1])
+    if n >= chunk:
+        n = n // chunk * chunk  # whole input chunks
+    return n
+
+
+def run(
+    p: Plan,
+    out: zarr.Group,
+    *,
+    progress: ProgressCallback = no_progress,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Beamform, filter and correlate every movie of ``p`` into ``out``."""
+    numba.set_num_threads(max(1, min(p.workers, numba.config.NUMBA_NUM_THREADS)))
+    timings = Timings()
+    grid = p.grid
+    chunks = (1, p.frames_per_chunk, *grid.shape)
+    iq_out = create_array(
+        out, "iq", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks
+    )
+    corr_out = None
+    psf = None
+    summary: dict[str, Any] = {}
+    if p.correlate:
+        t = time.perf_counter()
+        if p.psf_source == "input":
+            psf = np.asarray(p.source.array("psf")[...]).astype(np.complex64)
+            if psf.ndim != grid.ndim or any(n % 2 == 0 for n in psf.shape):
+                raise InputError(
+                    f"{p.source.path}/psf has shape {psf.shape}; a {grid.ndim}D PSF of odd "
+                    "sizes centred on its middle pixel is needed"
+                )
+            psf_grid_attrs = dict(p.source.array("psf").attrs.get("grid", {}))
+        else:
+            assert p.acquisition is not None
+            psf, psf_grid = system_psf(
+                p.acquisition,
+                grid,
+                interp=p.interp,
+                fnumber=p.fnumber,
+                model=p.parameters.get("psf_model_choice", "auto"),
+            )
+            psf_grid_attrs = psf_grid.to_attrs()
+        timings.psf = time.perf_counter() - t
+        arr = create_array(
+            out, "psf", shape=psf.shape, dtype="complex64", dims=grid.axes, chunks=psf.shape
+        )
+        arr[...] = psf
+        arr.attrs.update(
+            {"grid": psf_grid_attrs, "source": p.psf_source, "echo_model": p.psf_model}
+        )
+        corr_out = create_array(
+            out, "corr", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks
+        )
+        summary["psf_shape"] = list(psf.shape)
+    op = None
+    if p.mode == "channel":
+        assert p.acquisition is not None
+        t = time.perf_counter()
+        op = DASOperator(p.acquisition, grid, interp=p.interp, fnumber=p.fnumber)
+        timings.build = time.perf_counter() - t
+        summary["das"] = {**op.describe(), "from_cache": op.from_cache}
+        if log:
+            log(
+                f"DAS matrix: {op.nnz:,} weights, {op.nbytes / 2**20:.0f} MiB, "
+                f"built in {timings.build:.2f} s"
+            )
+    src = p.source.array("iq")
+    block = _read_block_frames(src, p.n_frames) if p.mode == "channel" else p.n_frames
+    total = p.n_movies * p.n_frames
+    start = time.perf_counter()
+    for m in range(p.n_movies):
+        movie = np.empty((p.n_frames, *grid.shape), dtype=np.complex64)
+        t_read = time.perf_counter()
+        for f0, data in _read_blocks(src, m, p.n_frames, block):
+            t = time.perf_counter()
+            timings.read += t - t_read
+            if op is not None:
+                movie[f0 : f0 + len(data)] = op.apply(data)
+            else:
+                movie[f0 : f0 + len(data)] = data
+            t_read = time.perf_counter()
+            timings.das += t_read - t
+            progress(m * p.n_frames + f0 + len(data), total, f"movie {m + 1}/{p.n_movies}")
+        if p.clutter:
+            t = time.perf_counter()
+            movie = svd_filter(movie, p.clutter)
+            timings.clutter += time.perf_counter() - t
+        t = time.perf_counter()
+        iq_out[m] = movie
+        timings.write += time.perf_counter() - t
+        if corr_out is not None:
+            t = time.perf_counter()
+            corr = psf_correlation(movie, psf, workers=p.workers)
+            timings.correlate += time.perf_counter() - t
+            t = time.perf_counter()
+            corr_out[m] = corr
+            timings.write += time.perf_counter() - t
+            del corr
+        del movie
+    elapsed = time.perf_counter() - start
+    summary.update(
+        {
+            "movies": p.n_movies,
+            "frames": p.n_frames,
+            "grid_shape": list(grid.shape),
+            "grid_spacing": list(grid.spacing),
+            "seconds": round(elapsed, 3),
+            "frames_per_second": round(total / elapsed, 1) if elapsed > 0 else None,
+            "timings": timings.as_dict(),
+        }
+    )
+    return summary
