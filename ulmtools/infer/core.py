@@ -1,0 +1,254 @@
+"""Inference: per-movie probability maps on the x8 grid and the accumulated angiogram.
+
+A ``prediction`` store (kind ``prediction``) holds:
+
+``coords``   int32 (n, S)
+    fine-grid pixel indices ``(z, x[, y])`` of each movie's kept output sites
+    (probability >= ``min_probability``), movies one after another;
+``feats``    float32 (n, 1)  the predicted probability at each site;
+``offsets``  int64 (movies + 1,)  movie ``m`` owns rows ``offsets[m]:offsets[m+1]``;
+``angiogram`` uint32 (z, x[, y])
+    per fine pixel, the number of movies whose probability exceeds
+    ``threshold`` (the paper's accumulation; binarize it for Dice);
+
+root attributes ``grid`` (the fine grid, metres), ``input_grid``, ``factor``
+(8), ``threshold``, ``min_probability``, ``model`` (the model store's id and
+architecture) and, when the input had truth, ``truth/`` copied through and
+``dice`` (the angiogram Dice against it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from ulmtools.errors import UsageError
+from ulmtools.models.deepstulm import SparseDeepStulm
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.store import create_array
+from ulmtools.train.data import SparseMovies
+
+ROWS_PER_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    threshold: float = 0.5
+    min_probability: float = 0.01
+    batch_size: int = 1
+    backend: str = "builtin"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1:
+            raise UsageError(f"--threshold must be in [0, 1), got {self.threshold}")
+        if not 0 <= self.min_probability <= self.threshold:
+            raise UsageError(
+                f"--min-probability must be in [0, threshold={self.threshold}], "
+                f"got {self.min_probability}"
+            )
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict(
+    model: SparseDeepStulm,
+    movies: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Probability maps of a batch of movies.
+
+    Each movie is ``(coords (n, 1 + S) = (t, *space) input pixels, feats (n, 2))``;
+    each result is ``(fine coords (k, S) int32, probabilities (k,) float32)``
+    sorted by coordinate.  A movie without sites gives an empty map (and is
+    not run through the network).
+    """
+    s = model.dimension - 1
+    results: list[tuple[np.ndarray, np.ndarray]] = [
+        (np.zeros((0, s), np.int32), np.zeros(0, np.float32)) for _ in movies
+    ]
+    live = [i for i, (c, _) in enumerate(movies) if len(c)]
+    if not live:
+        return results
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.make_input(
+            [movies[i][0] for i in live],
+            [movies[i][1] for i in live],
+            device=device,
+            backend=backend,
+        )
+        out = model(x)
+    finally:
+        model.train(was_training)
+    assert out.final is not None
+    coords = out.final.coords.long().cpu()
+    prob = torch.sigmoid(out.final.feats[:, 0]).float().cpu()
+    for j, i in enumerate(live):
+        sel = coords[:, 0] == j
+        c = coords[sel][:, 2:]
+        p = prob[sel]
+        order = np.lexsort(c.numpy().T[::-1]) if len(c) else np.zeros(0, np.int64)
+        results[i] = (c.numpy()[order].astype(np.int32), p.numpy()[order].astype(np.float32))
+    return results
+
+
+def accumulate(
+    angiogram: np.ndarray, coords: np.ndarray, prob: np.ndarray, threshold: float
+) -> None:
+    """Add one movie's thresholded map to a dense angiogram, in place."""
+    hit = coords[prob > threshold]
+    if len(hit):
+        angiogram[tuple(hit.T.astype(np.int64))] += 1
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary maps (1.0 when both are empty)."""
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
+
+
+def angiogram_dice(
+    model: SparseDeepStulm,
+    data: SparseMovies,
+    *,
+    threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+    batch_size: int = 1,
+    movies: Sequence[int] | None = None,
+) -> float:
+    """The paper's Dice: movies thresholded, summed, binarized, against the truth's."""
+    ids = list(range(len(data))) if movies is None else list(movies)
+    acc = np.zeros(data.fine_grid.shape, dtype=np.uint32)
+    for b0 in range(0, len(ids), batch_size):
+        batch = ids[b0 : b0 + batch_size]
+        for c, p in predict(model, [data.movie(m) for m in batch], device=device, backend=backend):
+            accumulate(acc, c, p, threshold)
+    return dice(acc > 0, data.truth_angiogram(ids))
+
+
+@dataclass
+class InferStats:
+    movies: int = 0
+    input_sites: list[int] = field(default_factory=list)
+    output_sites: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    dice: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        secs = np.asarray(self.seconds) if self.seconds else np.zeros(1)
+        return {
+            "movies": self.movies,
+            "input_sites_mean": float(np.mean(self.input_sites)) if self.input_sites else 0.0,
+            "output_sites_mean": float(np.mean(self.output_sites)) if self.output_sites else 0.0,
+            "seconds_per_movie": float(np.median(secs)),
+            "dice": self.dice,
+        }
+
+
+class _MapWriter:
+    """Appends per-movie sparse maps in whole chunks and writes offsets at the end."""
+
+    def __init__(self, group: zarr.Group, space_axes: Sequence[str]) -> None:
+        s = len(space_axes)
+        self.coords = create_array(
+            group, "coords", shape=(0, s), dtype="int32", dims=("site", "coordinate"),
+            chunks=(ROWS_PER_CHUNK, s),
+            attrs={"columns": list(space_axes), "unit": "fine-grid pixel index"},
+        )  # fmt: skip
+        self.feats = create_array(
+            group, "feats", shape=(0, 1), dtype="float32", dims=("site", "channel"),
+            chunks=(ROWS_PER_CHUNK, 1), attrs={"channels": ["probability"]},
+        )  # fmt: skip
+        self.group = group
+        self.offsets = [0]
+        self._c: list[np.ndarray] = []
+        self._f: list[np.ndarray] = []
+        self._n = 0
+
+    def write(self, coords: np.ndarray, prob: np.ndarray) -> None:
+        self.offsets.append(self.offsets[-1] + len(coords))
+        if len(coords):
+            self._c.append(coords.astype(np.int32))
+            self._f.append(prob.astype(np.float32).reshape(-1, 1))
+            self._n += len(coords)
+        if self._n >= ROWS_PER_CHUNK:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._n:
+            return
+        c, f = np.concatenate(self._c), np.concatenate(self._f)
+        n = len(c) if final else (len(c) // ROWS_PER_CHUNK) * ROWS_PER_CHUNK
+        if n:
+            self.coords.append(c[:n], axis=0)
+            self.feats.append(f[:n], axis=0)
+        self._c, self._f, self._n = [c[n:]], [f[n:]], len(c) - n
+
+    def close(self) -> None:
+        self._flush(final=True)
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        create_array(
+            self.group, "offsets", shape=offsets.shape, dtype="int64", dims=("movie_edge",),
+            chunks=offsets.shape,
+        )[:] = offsets  # fmt: skip
+
+
+def infer_store(
+    model: SparseDeepStulm,
+    data: SparseMovies,
+    out: zarr.Group,
+    config: InferConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback = no_progress,
+) -> InferStats:
+    """Predict every movie of ``data`` into the writable group ``out`` (one batch at a time)."""
+    import time
+
+    if model.dimension != data.dimension:
+        raise UsageError(
+            f"the model is for {model.dimension - 1}D+t data but the input is {data.space_ndim}D+t",
+            "use a model trained on data of the same dimension",
+        )
+    writer = _MapWriter(out, data.fine_grid.axes)
+    angiogram = np.zeros(data.fine_grid.shape, dtype=np.uint32)
+    stats = InferStats(movies=len(data))
+    progress(0, len(data), "")
+    for b0 in range(0, len(data), config.batch_size):
+        batch = list(range(b0, min(len(data), b0 + config.batch_size)))
+        inputs = [data.movie(m) for m in batch]
+        t0 = time.perf_counter()
+        maps = predict(model, inputs, device=device, backend=config.backend)
+        per = (time.perf_counter() - t0) / len(batch)
+        for (c_in, _), (c, p) in zip(inputs, maps):
+            accumulate(angiogram, c, p, config.threshold)
+            keep = p >= config.min_probability
+            writer.write(c[keep], p[keep])
+            stats.input_sites.append(len(c_in))
+            stats.output_sites.append(len(c))
+            stats.seconds.append(per)
+        progress(batch[-1] + 1, len(data), f"{stats.output_sites[-1]} sites")
+    writer.close()
+    rows = max(1, min(angiogram.shape[0], (1 << 23) // int(np.prod(angiogram.shape[1:]))))
+    create_array(
+        out, "angiogram", shape=angiogram.shape, dtype="uint32", dims=data.fine_grid.axes,
+        chunks=(rows, *angiogram.shape[1:]),
+        attrs={"threshold": config.threshold, "meaning": "movies above threshold per pixel"},
+    )[...] = angiogram  # fmt: skip
+    if data.truth is not None:
+        stats.dice = dice(angiogram > 0, data.truth_angiogram())
+    return stats

@@ -1,0 +1,220 @@
+"""Training configuration: named schedules (the paper's and small CPU ones) and options."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ulmtools.errors import UsageError
+
+ARCHITECTURES = ("sparse-deepstulm",)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A training schedule: epochs, piecewise-constant learning rate and batch size.
+
+    ``lr`` and ``batch_size`` are ``(first_epoch, value)`` pairs, sorted; the
+    value holds from that epoch on.  The first ``dilate_epochs`` epochs train
+    on targets dilated by ``dilate_radius`` fine pixels (the paper's first phase).
+    """
+
+    name: str
+    epochs: int
+    lr: tuple[tuple[int, float], ...]
+    batch_size: tuple[tuple[int, int], ...]
+    dilate_epochs: int = 0
+    dilate_radius: int = 2
+    description: str = ""
+
+    def lr_at(self, epoch: int) -> float:
+        return _piecewise(self.lr, epoch)
+
+    def batch_size_at(self, epoch: int) -> int:
+        return int(_piecewise(self.batch_size, epoch))
+
+    def dilation_at(self, epoch: int) -> int:
+        return self.dilate_radius if epoch < self.dilate_epochs else 0
+
+    def stretched(self, epochs: int) -> Schedule:
+        """The same schedule over ``epochs`` epochs: learning-rate and dilation milestones
+        scale proportionally (batch-size milestones do not: they are about memory)."""
+        if epochs == self.epochs:
+            return self
+        f = epochs / self.epochs
+        lr = tuple((0 if i == 0 else max(1, round(e * f)), v) for i, (e, v) in enumerate(self.lr))
+        dil = min(epochs, round(self.dilate_epochs * f)) if self.dilate_epochs else 0
+        return replace(self, epochs=epochs, lr=lr, dilate_epochs=dil)
+
+    def scaled_lr(self, lr: float) -> Schedule:
+        """The same decays starting from ``lr``."""
+        f = lr / self.lr[0][1]
+        return replace(self, lr=tuple((e, v * f) for e, v in self.lr))
+
+    def with_batch_size(self, batch_size: int) -> Schedule:
+        return replace(self, batch_size=((0, int(batch_size)),))
+
+
+def _piecewise(pairs: tuple[tuple[int, Any], ...], epoch: int) -> Any:
+    value = pairs[0][1]
+    for start, v in pairs:
+        if epoch >= start:
+            value = v
+    return value
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "paper-2d": Schedule(
+        "paper-2d",
+        epochs=300,
+        lr=(
+            (0, 0.1),
+            (15, 0.01),
+            (45, 1e-3),
+            (75, 1e-4),
+            (100, 1e-5),
+            (150, 1e-3),
+            (160, 1e-4),
+            (200, 1e-5),
+            (250, 1e-6),
+        ),
+        batch_size=((0, 8),),
+        dilate_epochs=150,
+        description="the paper's 2D schedule: 150 epochs on targets dilated by 2, "
+        "150 on plain targets, batch 8 (GPU, days)",
+    ),
+    "paper-3d": Schedule(
+        "paper-3d",
+        epochs=20,
+        lr=((0, 0.1), (15, 0.01), (17, 1e-3)),
+        batch_size=((0, 2), (1, 4)),
+        description="the paper's 3D schedule: 20 epochs, decays at 15 and 17, batch 2 then 4 (GPU)",
+    ),
+    "cpu-2d": Schedule(
+        "cpu-2d",
+        epochs=30,
+        lr=((0, 1e-2), (15, 3e-3), (25, 1e-3)),
+        batch_size=((0, 4),),
+        dilate_epochs=10,
+        description="a small 2D schedule that trains a narrow model on small movies "
+        "in minutes on a CPU",
+    ),
+    "cpu-3d": Schedule(
+        "cpu-3d",
+        epochs=20,
+        lr=((0, 1e-2), (10, 3e-3), (16, 1e-3)),
+        batch_size=((0, 2),),
+        dilate_epochs=6,
+        description="a small 3D schedule for narrow pruned models on small volumes (CPU)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's result (recorded in the model store)."""
+
+    arch: str = "sparse-deepstulm"
+    schedule: Schedule = field(default_factory=lambda: SCHEDULES["cpu-2d"])
+    channels: int = 16
+    deep_supervision: bool = False
+    pruning: bool = False
+    cascade: bool = False
+    backend: str = "builtin"
+    seed: int = 0
+    dice_smooth: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UsageError(
+                f"unknown architecture {self.arch!r}", f"use one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.schedule.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.schedule.epochs}")
+        if any(b < 1 for _, b in self.schedule.batch_size):
+            raise UsageError("--batch-size must be at least 1")
+        if any(not (v > 0) for _, v in self.schedule.lr):
+            raise UsageError("--lr must be positive")
+        if self.channels < 2 or self.channels % 2:
+            raise UsageError(f"--channels must be an even number >= 2, got {self.channels}")
+
+    @property
+    def classifiers(self) -> bool:
+        """Intermediate classifiers are trained with deep supervision, pruning or cascade."""
+        return self.deep_supervision or self.pruning or self.cascade
+
+    @property
+    def cascade_epochs(self) -> int:
+        """Cascaded learning adds one epoch per intermediate level before the schedule."""
+        from ulmtools.models.deepstulm import HR_LEVELS
+
+        return HR_LEVELS if self.cascade else 0
+
+    @property
+    def total_epochs(self) -> int:
+        return self.cascade_epochs + self.schedule.epochs
+
+    def phase(self, epoch: int) -> dict[str, Any]:
+        """Learning rate, batch size, dilation and active levels of one epoch."""
+        c = self.cascade_epochs
+        if epoch < c:
+            # Cascade: levels switched on one epoch at a time, on dilated targets.
+            s = self.schedule
+            return {
+                "lr": s.lr_at(0),
+                "batch_size": s.batch_size_at(0),
+                "dilation": s.dilation_at(0),
+                "levels": epoch + 1,
+            }
+        e = epoch - c
+        return {
+            "lr": self.schedule.lr_at(e),
+            "batch_size": self.schedule.batch_size_at(e),
+            "dilation": self.schedule.dilation_at(e),
+            "levels": None,
+        }
+
+    def model_kwargs(self, dimension: int) -> dict[str, Any]:
+        return {
+            "dimension": dimension,
+            "channels": self.channels,
+            "deep_supervision": self.classifiers,
+            "pruning": self.pruning,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        s = dict(d["schedule"])
+        s["lr"] = tuple((int(e), float(v)) for e, v in s["lr"])
+        s["batch_size"] = tuple((int(e), int(v)) for e, v in s["batch_size"])
+        rest = {k: v for k, v in d.items() if k != "schedule"}
+        return cls(schedule=Schedule(**s), **rest)
+
+
+def resolve_schedule(
+    name: str,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+) -> Schedule:
+    """A named schedule with the command line's overrides applied."""
+    if name not in SCHEDULES:
+        raise UsageError(f"unknown schedule {name!r}", f"use one of {', '.join(SCHEDULES)}")
+    s = SCHEDULES[name]
+    if epochs is not None:
+        if epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {epochs}")
+        s = s.stretched(epochs)
+    if lr is not None:
+        if not lr > 0:
+            raise UsageError(f"--lr must be positive, got {lr}")
+        s = s.scaled_lr(lr)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        s = s.with_batch_size(batch_size)
+    return s

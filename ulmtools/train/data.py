@@ -1,0 +1,140 @@
+"""Training data: movies of a ``sparse`` store and their fine-grid track targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ulmtools.errors import InputError
+from ulmtools.grid import Grid
+from ulmtools.models.deepstulm import FACTOR
+from ulmtools.sparsify.io import movie_shape, n_movies, open_sparse
+from ulmtools.store import Store
+from ulmtools.truth import Truth
+
+#: Below this many bytes the whole store's coords/feats are read once and kept.
+CACHE_BYTES = 1 << 29
+
+
+def ball(radius: int, ndim: int) -> np.ndarray:
+    """A binary ball (Euclidean distance <= radius) structuring element."""
+    r = int(radius)
+    axes = np.meshgrid(*([np.arange(-r, r + 1)] * ndim), indexing="ij")
+    return sum(a * a for a in axes) <= r * r
+
+
+def dilate(tracks: np.ndarray, radius: int) -> np.ndarray:
+    """``tracks`` (bool, fine grid) dilated by a ball of ``radius`` fine pixels."""
+    if radius <= 0 or not tracks.any():
+        return tracks.astype(bool, copy=False)
+    return ndimage.binary_dilation(tracks, structure=ball(radius, tracks.ndim))
+
+
+class SparseMovies:
+    """Random access to the movies of a sparse store (and, if present, their truth).
+
+    Movies are read one at a time from the store, or from memory when the whole
+    store is small (``CACHE_BYTES``).  Targets are the truth's ``tracks``
+    (binary, x8 grid), optionally dilated, cached when small.
+    """
+
+    def __init__(self, store: Store | str, *, need_truth: bool = False) -> None:
+        self.store = open_sparse(store)
+        self.grid: Grid = self.store.grid
+        self.shape = movie_shape(self.store)
+        self.space_ndim = len(self.shape) - 1
+        if self.space_ndim not in (2, 3):
+            raise InputError(
+                f"{self.store.path}: movies of shape {self.shape}; expected (t, z, x[, y])"
+            )
+        if tuple(self.shape[1:]) != tuple(self.grid.shape):
+            raise InputError(
+                f"{self.store.path}: movie shape {self.shape} does not match grid {self.grid.shape}"
+            )
+        coords = self.store.array("coords")
+        if coords.shape[1] != 1 + self.space_ndim:
+            raise InputError(
+                f"{self.store.path}: coords have {coords.shape[1]} columns; "
+                f"expected {1 + self.space_ndim} (t, z, x[, y])"
+            )
+        self.offsets = np.asarray(self.store.array("offsets")[:], dtype=np.int64)
+        self.n = n_movies(self.store)
+        self.fine_grid = self.grid.refined(FACTOR)
+        self.truth: Truth | None = Truth(self.store) if self.store.has_truth else None
+        if need_truth and self.truth is None:
+            raise InputError(
+                f"{self.store.path} has no ground truth (truth/ group) to train on",
+                "train on a sparse store made from simulated data (ulm simulate, ulm sparsify)",
+            )
+        if self.truth is not None:
+            if self.truth.n_movies != self.n:
+                raise InputError(
+                    f"{self.store.path}: truth has {self.truth.n_movies} movies, the data {self.n}"
+                )
+            if tuple(self.truth.tracks.shape[1:]) != tuple(self.fine_grid.shape):
+                raise InputError(
+                    f"{self.store.path}: truth tracks of shape {self.truth.tracks.shape[1:]} "
+                    f"are not the x{FACTOR} grid {self.fine_grid.shape}",
+                    f"the networks predict on the x{FACTOR} grid of the input",
+                )
+        total = int(self.offsets[-1]) * 4 * (coords.shape[1] + 2)
+        self._all: tuple[np.ndarray, np.ndarray] | None = None
+        if total <= CACHE_BYTES:
+            self._all = (
+                np.asarray(coords[:], dtype=np.int32),
+                np.asarray(self.store.array("feats")[:], dtype=np.float32),
+            )
+        fine_bytes = int(np.prod(self.fine_grid.shape))
+        self._cache_targets = self.n * fine_bytes <= CACHE_BYTES
+        self._targets: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def dimension(self) -> int:
+        """Coordinate axes of the network input: time plus space."""
+        return 1 + self.space_ndim
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sites(self, m: int) -> int:
+        return int(self.offsets[m + 1] - self.offsets[m])
+
+    def movie(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Movie ``m``'s pixel coordinates (n, 1 + S) = (t, *space) and features (n, 2)."""
+        a, b = int(self.offsets[m]), int(self.offsets[m + 1])
+        if self._all is not None:
+            return self._all[0][a:b], self._all[1][a:b]
+        if a == b:
+            return (
+                np.zeros((0, 1 + self.space_ndim), np.int32),
+                np.zeros((0, 2), np.float32),
+            )
+        return (
+            np.asarray(self.store.array("coords")[a:b], dtype=np.int32),
+            np.asarray(self.store.array("feats")[a:b], dtype=np.float32),
+        )
+
+    def target(self, m: int, dilation: int = 0) -> np.ndarray:
+        """Movie ``m``'s track projection on the x8 grid (bool), dilated by ``dilation``."""
+        if self.truth is None:
+            raise InputError(f"{self.store.path} has no ground truth")
+        key = (m, int(dilation))
+        hit = self._targets.get(key)
+        if hit is not None:
+            return hit
+        t = dilate(np.asarray(self.truth.tracks[m]) > 0, dilation)
+        if self._cache_targets:
+            self._targets[key] = t
+        return t
+
+    def targets(self, movies: Sequence[int], dilation: int = 0) -> np.ndarray:
+        return np.stack([self.target(m, dilation) for m in movies])
+
+    def truth_angiogram(self, movies: Sequence[int] | None = None) -> np.ndarray:
+        """The binarized sum of the movies' track projections (the Dice reference)."""
+        out = np.zeros(self.fine_grid.shape, dtype=bool)
+        for m in range(self.n) if movies is None else movies:
+            out |= self.target(m)
+        return out

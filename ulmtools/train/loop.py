@@ -1,0 +1,186 @@
+"""The training loop: Adam, soft Dice, per-epoch validation, checkpoints and resume.
+
+Determinism: the network is initialised from ``torch.manual_seed(seed)``; the
+movie order of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])``;
+the built-in sparse engine is deterministic.  A checkpoint holds the weights,
+the optimizer state and the history, so a resumed run continues exactly where
+an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ulmtools.models.deepstulm import FACTOR, HR_LEVELS, SparseDeepStulm
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.train.config import TrainConfig
+from ulmtools.train.data import SparseMovies
+from ulmtools.train.loss import lookup, pooled_targets, sparse_dice_loss
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: model, optimizer, finished epochs, history."""
+
+    model: SparseDeepStulm
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def new_state(config: TrainConfig, dimension: int, device: torch.device | str) -> TrainState:
+    torch.manual_seed(config.seed)
+    model = SparseDeepStulm(**config.model_kwargs(dimension)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.phase(0)["lr"])
+    return TrainState(model, opt)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def level_strides(levels: int) -> list[int]:
+    """Spatial strides of the intermediate classifiers, coarse to fine: 8, 4, 2."""
+    return [FACTOR >> i for i in range(levels)]
+
+
+def train_step(
+    state: TrainState,
+    data: SparseMovies,
+    movies: list[int],
+    config: TrainConfig,
+    phase: dict[str, Any],
+    device: torch.device,
+) -> dict[str, float] | None:
+    """One optimizer step on ``movies``; None when the batch has no active site."""
+    model = state.model
+    inputs = [data.movie(m) for m in movies]
+    if sum(len(c) for c, _ in inputs) == 0:
+        return None
+    target = torch.from_numpy(data.targets(movies, phase["dilation"])).to(device)
+    levels = phase["levels"]
+    pooled = pooled_targets(target, level_strides(HR_LEVELS))
+
+    def guide(coords: torch.Tensor, stride: int) -> torch.Tensor:
+        return lookup(pooled[stride], coords, stride)
+
+    x = model.make_input([c for c, _ in inputs], [f for _, f in inputs], device=device,
+                         backend=config.backend)  # fmt: skip
+    model.train()
+    out = model(x, levels=levels, guide=guide)
+    losses = []
+    if config.classifiers:
+        for logits in out.levels:
+            losses.append(
+                sparse_dice_loss(logits, pooled[logits.tensor_stride[1]], config.dice_smooth)
+            )
+    final = None
+    if out.final is not None:
+        final = sparse_dice_loss(out.final, target, config.dice_smooth)
+        losses.append(final)
+    loss = torch.stack(losses).sum()
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    return {
+        "loss": float(loss.detach()),
+        "final": float(final.detach()) if final is not None else float("nan"),
+        "sites": float(sum(out.sites)),
+    }
+
+
+def run_epoch(
+    state: TrainState,
+    data: SparseMovies,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    val: SparseMovies | None = None,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, Any]:
+    """Train one epoch (epoch index ``state.epoch``), validate, return its history record."""
+    epoch = state.epoch
+    phase = config.phase(epoch)
+    for g in state.optimizer.param_groups:
+        g["lr"] = phase["lr"]
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(data)).tolist()
+    bs = phase["batch_size"]
+    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    losses, finals, sites = [], [], []
+    for i, batch in enumerate(batches):
+        r = train_step(state, data, batch, config, phase, device)
+        if r is not None:
+            losses.append(r["loss"])
+            finals.append(r["final"])
+            sites.append(r["sites"])
+        progress(i + 1, len(batches), f"loss {np.mean(losses):.4f}" if losses else "")
+    seconds = time.perf_counter() - t0
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "lr": phase["lr"],
+        "batch_size": bs,
+        "dilation": phase["dilation"],
+        "levels": phase["levels"] if phase["levels"] is not None else "all",
+        "loss": float(np.mean(losses)) if losses else None,
+        "final_loss": float(np.nanmean(finals))
+        if finals and not all(map(math.isnan, finals))
+        else None,
+        "sites_before_upsampling": float(np.mean(sites)) if sites else None,
+        "seconds": seconds,
+        "steps": len(batches),
+    }
+    record["val_dice"] = None
+    if val is not None and phase["levels"] is None:
+        from ulmtools.infer.core import angiogram_dice
+
+        record["val_dice"] = angiogram_dice(
+            state.model, val, device=device, backend=config.backend, batch_size=bs
+        )
+    record["peak_memory_mb"] = peak_memory_mb(device)
+    record["memory"] = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
+    state.epoch += 1
+    state.history.append(record)
+    return record
+
+
+def fit(
+    config: TrainConfig,
+    data: SparseMovies,
+    *,
+    val: SparseMovies | None = None,
+    device: torch.device | str = "cpu",
+    state: TrainState | None = None,
+    stop_after: int | None = None,
+    on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> TrainState:
+    """Train (or continue ``state``) up to ``config.total_epochs`` epochs.
+
+    ``on_epoch(state, record)`` runs after every epoch (checkpointing, logging);
+    ``stop_after`` ends early after that many epochs in total (tests of resume).
+    """
+    device = torch.device(device)
+    if state is None:
+        state = new_state(config, data.dimension, device)
+    end = config.total_epochs if stop_after is None else min(stop_after, config.total_epochs)
+    while state.epoch < end:
+        record = run_epoch(state, data, config, device, val=val, progress=progress)
+        if on_epoch is not None:
+            on_epoch(state, record)
+    return state
