@@ -389,15 +389,23 @@ class Timings:
 
 
 def _read_blocks(arr: zarr.Array, movie: int, n_frames: int, block: int):
-    """Yield (f0, frames) with the next block read in the background."""
+    """Yield (f0, frames) while the next block is read in the background.
+
+    At most two blocks are alive at once (the one yielded and the one being
+    read); the caller must drop its reference before asking for the next.
+    """
+
+    def read(start: int) -> np.ndarray:
+        return np.asarray(arr[movie, start : start + block])
+
     starts = list(range(0, n_frames, block))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(lambda s: np.asarray(arr[movie, s : s + block]), starts[0])
-        for i, s in enumerate(starts):
-            data = nxt.result()
-            if i + 1 < len(starts):
-                nxt = pool.submit(lambda s2: np.asarray(arr[movie, s2 : s2 + block]), starts[i + 1])
-            yield s, data
+        pending = pool.submit(read, starts[0])
+        for i, start in enumerate(starts):
+            data = pending.result()
+            pending = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            yield start, data
+            del data
 
 
 def _read_block_frames(arr: zarr.Array, n_frames: int) -> int:
@@ -485,9 +493,11 @@ def run(
                 movie[f0 : f0 + len(data)] = op.apply(data)
             else:
                 movie[f0 : f0 + len(data)] = data
+            done = m * p.n_frames + f0 + len(data)
+            del data
             t_read = time.perf_counter()
             timings.das += t_read - t
-            progress(m * p.n_frames + f0 + len(data), total, f"movie {m + 1}/{p.n_movies}")
+            progress(done, total, f"movie {m + 1}/{p.n_movies}")
         if p.clutter:
             t = time.perf_counter()
             movie = svd_filter(movie, p.clutter)
