@@ -14,7 +14,10 @@ Network flow (:func:`network_movie`):
   number of bubbles inside the field of view equals the requested
   concentration, and the movie starts from that steady state (bubbles spread
   along every vessel in proportion to flux x transit time) so there is no
-  wash-in.
+  wash-in. The rate follows from the network alone: the expected time an
+  injected bubble spends in the field of view is the sum over vessels of
+  (fraction of the flux through it) x (length inside the FOV) / (mean speed),
+  corrected for the radial distribution of bubble speeds.
 
 Positions are integrated with sub-steps short enough (half a fine pixel) that
 the rasterised track map on the x8 grid is connected; frames are every
@@ -113,6 +116,16 @@ def mean_speed(radius: np.ndarray, dilation: float, cfg: FlowConfig) -> np.ndarr
     return np.minimum(v, cfg.v_max_native) * dilation
 
 
+def transit_factor(cfg: FlowConfig) -> float:
+    """Mean transit time per unit length, in units of 1 / v_mean, of injected bubbles.
+
+    Bubbles enter with the flux-weighted radial density ``4 rho (1 - rho^2)``,
+    those beyond ``rho_max`` held at ``rho_max``; the mean of
+    ``v_mean / v(rho) = 1 / (2 (1 - rho^2))`` is then ``(1 + rho_max^2) / 2``.
+    """
+    return (1 + cfg.rho_max**2) / 2
+
+
 def _inside(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.all((p >= lo) & (p <= hi), axis=-1)
 
@@ -176,7 +189,9 @@ def prepare_network(
     samples = (np.arange(8) + 0.5) / 8
     pts = p0[:, None, :] + samples[None, :, None] * d[:, None, :]
     frac_in = _inside(pts, region.fov_lo, region.fov_hi).mean(axis=1)
-    fov_time = float(np.sum(flux * length * frac_in / np.maximum(vmean, 1e-12)))
+    fov_time = float(
+        np.sum(flux * length * frac_in * transit_factor(cfg) / np.maximum(vmean, 1e-12))
+    )
     return PreparedNetwork(
         a=a.astype(np.int64),
         b=b.astype(np.int64),
@@ -378,11 +393,15 @@ def network_movie(
     rng = np.random.default_rng(seed)
     # steady state: on each edge, Poisson(rate * flux * L / v_mean) bubbles, uniform
     # along it and uniform over the cross-section (density = flux x transit time)
-    mean_n = rate * pn.flux * pn.length / np.maximum(pn.vmax / 2, 1e-12)
+    mean_n = rate * pn.flux * pn.length * transit_factor(cfg) / np.maximum(pn.vmax / 2, 1e-12)
     n_per = rng.poisson(mean_n)
     init_edge = np.repeat(np.arange(len(n_per)), n_per).astype(np.int64)
     init_s = rng.random(len(init_edge)) * pn.length[init_edge]
-    init_rho = np.sqrt(rng.random(len(init_edge))) * cfg.rho_max
+    # steady-state radial density: uniform over the disc inside rho_max, plus the
+    # bubbles held at rho_max (slow, so over-represented)
+    rm2 = cfg.rho_max**2
+    at_cap = rng.random(len(init_edge)) >= 2 * rm2 / (1 + rm2)
+    init_rho = np.where(at_cap, cfg.rho_max, np.sqrt(rng.random(len(init_edge))) * cfg.rho_max)
     init_phi = rng.random(len(init_edge)) * 2 * np.pi
     vmax_hit = float(pn.vmax[pn.flux > 0].max()) if np.any(pn.flux > 0) else 1e-3
     substeps = substeps_for(vmax_hit, frame_rate, region.fine_pitch)
