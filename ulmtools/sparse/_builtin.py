@@ -26,13 +26,21 @@ from ulmtools.sparse.tensor import SparseTensor
 
 __all__ = ["BuiltinBackend"]
 
-#: Elements of the im2col buffer per chunk (~32 MB in float32).
-_GEMM_CHUNK = 1 << 23
+#: Elements of the im2col buffer (~4 MB in float32).  Small enough to stay in
+#: cache between the gather and the GEMM that reads it, large enough that the
+#: Python loop over chunks costs little; reused across chunks, because a fresh
+#: large buffer per chunk costs more in page faults than the gather itself.
+_GEMM_CHUNK = 1 << 20
 
 
 def _padded(x: Tensor, fill: float = 0.0) -> Tensor:
     """``x`` with one extra row: what a sentinel index in a table reads."""
     return torch.cat([x, x.new_full((1, x.shape[1]), fill)])
+
+
+def _chunks(m: int, row_elems: int) -> tuple[int, list[int]]:
+    rows = max(16, _GEMM_CHUNK // max(row_elems, 1))
+    return rows, list(range(0, m, rows))
 
 
 def _gather_mm(x: Tensor, table: Tensor, w2: Tensor) -> Tensor:
@@ -45,25 +53,12 @@ def _gather_mm(x: Tensor, table: Tensor, w2: Tensor) -> Tensor:
     if k == 0:
         return out.zero_()
     xp = _padded(x)
-    rows = max(1, _GEMM_CHUNK // (k * c))
-    for r0 in range(0, m, rows):
-        cols = xp.index_select(0, table[r0 : r0 + rows].reshape(-1)).view(-1, k * c)
-        torch.mm(cols, w2, out=out[r0 : r0 + cols.shape[0]])
-    return out
-
-
-def _gather_tmm(x: Tensor, table: Tensor, g: Tensor) -> Tensor:
-    """``sum_j concat_k(x[table[j, k]])^T g[j]``: the weight gradient, chunked."""
-    m, k = table.shape
-    c = x.shape[1]
-    out = x.new_zeros((k * c, g.shape[1]))
-    if m == 0 or k == 0:
-        return out
-    xp = _padded(x)
-    rows = max(1, _GEMM_CHUNK // (k * c))
-    for r0 in range(0, m, rows):
-        cols = xp.index_select(0, table[r0 : r0 + rows].reshape(-1)).view(-1, k * c)
-        out.addmm_(cols.t(), g[r0 : r0 + cols.shape[0]])
+    rows, starts = _chunks(m, k * c)
+    buf = x.new_empty((min(rows, m) * k, c))
+    for r0 in starts:
+        idx = table[r0 : r0 + rows].reshape(-1)
+        cols = torch.index_select(xp, 0, idx, out=buf[: idx.shape[0]])
+        torch.mm(cols.view(-1, k * c), w2, out=out[r0 : r0 + idx.shape[0] // k])
     return out
 
 
@@ -84,22 +79,53 @@ class _TableConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         km: KernelMap = ctx.km
         table, active = km.table()
-        g = g.contiguous()
-        k, cin, cout = weight.shape
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            if km.symmetric:
-                # Submanifold map with symmetric offsets: reading the table
-                # backwards is reading it with the kernel flipped.
-                wt = weight.index_select(0, (k - 1) - active)
-                gx = _gather_mm(g, table, wt.transpose(1, 2).reshape(-1, cin))
-            else:
-                wt = weight.index_select(0, active)
-                gx = _gather_mm(g, km.reverse(), wt.transpose(1, 2).reshape(-1, cin))
-        if ctx.needs_input_grad[1]:
+        k = weight.shape[0]
+        if km.symmetric:
+            # Submanifold map with symmetric offsets: reading the table backwards
+            # is reading it with the kernel flipped, so no reverse table is needed.
+            rev, offsets = table, (k - 1) - active
+        else:
+            rev, offsets = km.reverse(), active
+        gx, gw_active = _gather_backward(
+            x, g.contiguous(), rev, weight.index_select(0, offsets), ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        gw = None
+        if gw_active is not None:
             gw = weight.new_zeros(weight.shape)
-            gw.index_copy_(0, active, _gather_tmm(x, table, g).view(-1, cin, cout))
+            gw.index_copy_(0, offsets, gw_active)
         return gx, gw, None
+
+
+def _gather_backward(
+    x: Tensor, g: Tensor, rev: Tensor, w: Tensor, need_x: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Both gradients from one gather of ``g`` through the reversed table.
+
+    With ``G[i] = concat_k g[rev[i, k]]`` (the output rows input i fed):
+    ``grad_x = G @ W^T`` and ``grad_W[k] = x^T G[:, k]``, so the gathered rows
+    serve both products while they are in cache.
+    """
+    n, k = rev.shape
+    kk, cin, cout = w.shape
+    gx = x.new_empty((n, cin)) if need_x else None
+    gw = x.new_zeros((cin, k * cout)) if need_w else None
+    if n == 0 or k == 0:
+        if gx is not None:
+            gx.zero_()
+        return gx, (gw.view(cin, k, cout).transpose(0, 1) if gw is not None else None)
+    wt = w.permute(0, 2, 1).reshape(k * cout, cin)
+    gp = _padded(g)
+    rows, starts = _chunks(n, k * cout)
+    buf = g.new_empty((min(rows, n) * k, cout))
+    for r0 in starts:
+        idx = rev[r0 : r0 + rows].reshape(-1)
+        cols = torch.index_select(gp, 0, idx, out=buf[: idx.shape[0]]).view(-1, k * cout)
+        r1 = r0 + cols.shape[0]
+        if gx is not None:
+            torch.mm(cols, wt, out=gx[r0:r1])
+        if gw is not None:
+            gw.addmm_(x[r0:r1].t(), cols)
+    return gx, (gw.view(cin, k, cout).transpose(0, 1) if gw is not None else None)
 
 
 class _TableMaxPool(torch.autograd.Function):
