@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
-    # name: (dimension, grid (pixels), frames, bubbles per frame, PSF sigma (px), threshold on |corr|^2)
+    # name: (dimension, grid (pixels), frames, bubbles per frame, PSF sigma (px),
+    #        threshold on |corr|^2)
     "2D+t": (3, (32, 32), 512, 6, 1.2, 0.10),
     "3D+t": (4, (16, 16, 16), 128, 30, 1.0, 0.25),
 }
@@ -50,7 +51,9 @@ def _worker(args: argparse.Namespace) -> None:
     from ulmtools.sparse.synthetic import synthetic_movie
 
     d, grid, frames, bubbles, sigma, thr = json.loads(args.case)
-    coords, feats, stride = synthetic_movie(tuple(grid), frames, bubbles, sigma=sigma, threshold=thr, seed=1)
+    coords, feats, stride = synthetic_movie(
+        tuple(grid), frames, bubbles, sigma=sigma, threshold=thr, seed=1
+    )
     torch.manual_seed(0)
     net = DeepStULMSketch(d, prune=args.prune)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -128,7 +131,9 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def _run_case(name: str, case: tuple, backend: str, threads: int, mode: str, ns: argparse.Namespace) -> dict | None:
+def _run_case(
+    name: str, case: tuple, backend: str, threads: int, mode: str, ns: argparse.Namespace
+) -> dict | None:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -153,7 +158,9 @@ def _run_case(name: str, case: tuple, backend: str, threads: int, mode: str, ns:
         cmd.append("--prune")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=ns.timeout)
     if proc.returncode != 0:
-        print(f"  {name} {backend} {threads}t {mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        print(
+            f"  {name} {backend} {threads}t {mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr
+        )
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -161,7 +168,9 @@ def _run_case(name: str, case: tuple, backend: str, threads: int, mode: str, ns:
 def _minkowski_available() -> bool:
     code = "from ulmtools.sparse import get_backend; get_backend('minkowski')"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    return (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["train", "hires", "infer"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--prune", action="store_true", help="prune high-res levels by their classifiers")
+    p.add_argument(
+        "--prune", action="store_true", help="prune high-res levels by their classifiers"
+    )
     p.add_argument("--quick", action="store_true", help="smaller movies (a smoke run)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", type=Path, help="also write all results to this file")
@@ -188,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
 
     backends = list(ns.backends)
     if "minkowski" in backends and not _minkowski_available():
-        print("MinkowskiEngine not installed: benchmarking the built-in backend only (make minkowski)", file=sys.stderr)
+        print(
+            "MinkowskiEngine not installed: benchmarking the built-in backend only "
+            "(make minkowski)",
+            file=sys.stderr,
+        )
         backends.remove("minkowski")
     cases = QUICK if ns.quick else CASES
     results = []
@@ -201,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                         r["case"] = name
                         results.append(r)
                         print(
-                            f"  {name:5s} {mode:5s} {backend:9s} {threads}t  {r['median_s']:.3f} s  "
+                            f"  {name:5s} {mode:5s} {backend:9s} {threads}t  "
+                            f"{r['median_s']:.3f} s  "
                             f"peak {r['peak_rss_mb']:.0f} MB",
                             file=sys.stderr,
                         )
@@ -214,8 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 def _print_table(results: list[dict], backends: list[str]) -> None:
     by = {(r["case"], r["mode"], r["threads"], r["backend"]): r for r in results}
     print()
-    print("| case | step | threads | " + " | ".join(f"{b} (s)" for b in backends) + " | speed-up | "
-          + " | ".join(f"{b} peak RSS (MB)" for b in backends) + " |")
+    print(
+        "| case | step | threads | "
+        + " | ".join(f"{b} (s)" for b in backends)
+        + " | speed-up | "
+        + " | ".join(f"{b} peak RSS (MB)" for b in backends)
+        + " |"
+    )
     print("|" + "---|" * (4 + 2 * len(backends)))
     seen = []
     for r in results:
@@ -229,12 +250,22 @@ def _print_table(results: list[dict], backends: list[str]) -> None:
         speed = "-"
         if len(row) == 2 and all(row):
             speed = f"{row[1]['median_s'] / row[0]['median_s']:.2f}x"
-        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(times) + f" | {speed} | " + " | ".join(mems) + " |")
+        print(
+            f"| {key[0]} | {key[1]} | {key[2]} | "
+            + " | ".join(times)
+            + f" | {speed} | "
+            + " | ".join(mems)
+            + " |"
+        )
     print()
     for case in dict.fromkeys(r["case"] for r in results):
         info = next(r for r in results if r["case"] == case)
         sizes = next((r for r in results if r["case"] == case and "out_sites" in r), None)
-        extra = f", level sites {sizes['level_sites']}, output sites {sizes['out_sites']}" if sizes else ""
+        extra = (
+            f", level sites {sizes['level_sites']}, output sites {sizes['out_sites']}"
+            if sizes
+            else ""
+        )
         print(f"{case}: {info['sites']} input sites, {info['params']} parameters{extra}")
     print("speed-up = minkowski time / builtin time (same weights, same movie, medians)")
 

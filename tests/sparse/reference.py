@@ -56,7 +56,9 @@ def axis_offsets(k: int, d: int = 1) -> list[int]:
     return [(i - (k - 1) // 2) * d for i in range(k)] if k % 2 else [i * d for i in range(k)]
 
 
-def offsets_me_order(ks: tuple[int, ...], dil: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+def offsets_me_order(
+    ks: tuple[int, ...], dil: tuple[int, ...] | None = None
+) -> list[tuple[int, ...]]:
     """Kernel offsets, first axis fastest (written independently of the engine's)."""
     dil = dil or (1,) * len(ks)
     per = [axis_offsets(k, d) for k, d in zip(ks, dil)]
@@ -72,7 +74,7 @@ def offsets_me_order(ks: tuple[int, ...], dil: tuple[int, ...] | None = None) ->
 
 def sparse_to_dense_weight(w: Tensor, ks: tuple[int, ...]) -> Tensor:
     """(K, Cin, Cout), first axis fastest -> torch conv weight (Cout, Cin, k0, k1, k2)."""
-    k, cin, cout = w.shape
+    _, cin, cout = w.shape
     return w.reshape(*reversed(ks), cin, cout).permute(4, 3, 2, 1, 0)
 
 
@@ -131,7 +133,9 @@ def brute_conv_transpose(
     return out
 
 
-def brute_children(cin: Tensor, ks: tuple[int, ...], s_out: tuple[int, ...]) -> set[tuple[int, ...]]:
+def brute_children(
+    cin: Tensor, ks: tuple[int, ...], s_out: tuple[int, ...]
+) -> set[tuple[int, ...]]:
     kids = set()
     for c in cin.tolist():
         for o in offsets_me_order(ks):
@@ -159,7 +163,9 @@ def brute_max_pool(
     return torch.stack(rows) if rows else feats.new_zeros((0, feats.shape[1]))
 
 
-def densify(coords: Tensor, feats: Tensor, unit: tuple[int, ...], shape: tuple[int, ...], batch: int) -> Tensor:
+def densify(
+    coords: Tensor, feats: Tensor, unit: tuple[int, ...], shape: tuple[int, ...], batch: int
+) -> Tensor:
     """Dense (B, C, *shape) from sites in ``unit`` steps; differentiable in ``feats``."""
     q = coords.long().clone()
     q[:, 1:] //= torch.tensor(unit)
@@ -168,13 +174,22 @@ def densify(coords: Tensor, feats: Tensor, unit: tuple[int, ...], shape: tuple[i
     return out.movedim(-1, 1)
 
 
-def sample(dense: Tensor, coords: Tensor, unit: tuple[int, ...], shift: tuple[int, ...] | None = None) -> Tensor:
+def sample(
+    dense: Tensor, coords: Tensor, unit: tuple[int, ...], shift: tuple[int, ...] | None = None
+) -> Tensor:
     """Rows of a dense (B, C, *S) tensor at sites / unit (+ shift); zero outside."""
     q = coords.long().clone()
     q[:, 1:] //= torch.tensor(unit)
     if shift is not None:
         q[:, 1:] += torch.tensor(shift)
-    pad = [(0, max(0, int(q[:, i + 1].max()) + 1 - dense.shape[i + 2])) for i in range(dense.dim() - 2)] if len(q) else []
+    pad = (
+        [
+            (0, max(0, int(q[:, i + 1].max()) + 1 - dense.shape[i + 2]))
+            for i in range(dense.dim() - 2)
+        ]
+        if len(q)
+        else []
+    )
     flat = [p for pair in reversed(pad) for p in pair]
     if flat:
         dense = tf.pad(dense, flat)

@@ -63,11 +63,16 @@ def test_conv_4d_dilated_clustered() -> None:
     feats = torch.randn(len(coords), 2, requires_grad=True)
     layer = sp.Conv(2, 3, 3, dilation=(1, 2, 1, 2), dimension=4)
     y = layer(sp.sparse_tensor(coords, feats))
-    ref = brute_conv(coords, feats, layer.weight, (3, 3, 3, 3), (1, 1, 1, 1), y.coords, (1, 2, 1, 2))
+    ref = brute_conv(
+        coords, feats, layer.weight, (3, 3, 3, 3), (1, 1, 1, 1), y.coords, (1, 2, 1, 2)
+    )
     torch.testing.assert_close(y.feats, ref)
 
 
-@pytest.mark.parametrize("ks,st", [((2, 2, 2, 4), (2, 2, 2, 4)), ((1, 1, 1, 8), (1, 1, 1, 8)), ((3, 3, 3, 3), (2, 2, 2, 2))])
+@pytest.mark.parametrize(
+    "ks,st",
+    [((2, 2, 2, 4), (2, 2, 2, 4)), ((1, 1, 1, 8), (1, 1, 1, 8)), ((3, 3, 3, 3), (2, 2, 2, 2))],
+)
 def test_max_pool_4d(ks, st) -> None:
     rng = np.random.default_rng(2)
     coords = random_sites(rng, 2, (4, 5, 4, 16), n=300)
@@ -79,7 +84,10 @@ def test_max_pool_4d(ks, st) -> None:
     torch.testing.assert_close(_grads(y.feats, r, feats)[0], _grads(ref, r, feats)[0])
 
 
-@pytest.mark.parametrize("ks,st", [((2, 2, 2, 1), (2, 2, 2, 1)), ((3, 3, 3, 3), (2, 2, 2, 2)), ((3, 3, 3, 1), (1, 1, 1, 1))])
+@pytest.mark.parametrize(
+    "ks,st",
+    [((2, 2, 2, 1), (2, 2, 2, 1)), ((3, 3, 3, 3), (2, 2, 2, 2)), ((3, 3, 3, 1), (1, 1, 1, 1))],
+)
 @pytest.mark.parametrize("generative", [False, True])
 def test_conv_transpose_4d(ks, st, generative) -> None:
     rng = np.random.default_rng(9)

@@ -32,7 +32,9 @@ def _axis_pad(k: int, d: int) -> int:
     return (k - 1) // 2 * d if k % 2 else 0
 
 
-def _dense_conv(x: torch.Tensor, w: torch.Tensor, ks, st, dil) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _dense_conv(
+    x: torch.Tensor, w: torch.Tensor, ks, st, dil
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Dense conv whose output cell j is the sparse site j * stride (in input units)."""
     lo = [_axis_pad(k, d) for k, d in zip(ks, dil)]
     hi = [(k - 1) * d - p + s for k, d, p, s in zip(ks, dil, lo, st)]
@@ -77,7 +79,9 @@ def _to_sparse_weight(wd: torch.Tensor, ks) -> torch.Tensor:
     return wd.permute(4, 3, 2, 1, 0).reshape(math.prod(ks), cin, cout)
 
 
-@pytest.mark.parametrize("ks,st", [((2, 2, 4), (2, 2, 4)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 1), (2, 2, 1))])
+@pytest.mark.parametrize(
+    "ks,st", [((2, 2, 4), (2, 2, 4)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 1), (2, 2, 1))]
+)
 def test_max_pool_matches_max_pool3d(ks, st) -> None:
     rng = np.random.default_rng(7)
     coords = random_sites(rng, 2, SHAPE, n=150)
@@ -100,7 +104,15 @@ def test_max_pool_matches_max_pool3d(ks, st) -> None:
     torch.testing.assert_close(feats.grad, feats2.grad)
 
 
-@pytest.mark.parametrize("ks,st", [((2, 2, 1), (2, 2, 1)), ((2, 2, 4), (2, 2, 4)), ((3, 3, 3), (2, 2, 2)), ((3, 3, 3), (1, 1, 1))])
+@pytest.mark.parametrize(
+    "ks,st",
+    [
+        ((2, 2, 1), (2, 2, 1)),
+        ((2, 2, 4), (2, 2, 4)),
+        ((3, 3, 3), (2, 2, 2)),
+        ((3, 3, 3), (1, 1, 1)),
+    ],
+)
 @pytest.mark.parametrize("generative", [False, True])
 def test_conv_transpose_matches_conv_transpose3d(ks, st, generative) -> None:
     rng = np.random.default_rng(11)
@@ -113,7 +125,9 @@ def test_conv_transpose_matches_conv_transpose3d(ks, st, generative) -> None:
     pooled = sp.max_pool(x_fine, st, st) if any(s > 1 for s in st) else x_fine
     feats = torch.randn(pooled.num_sites, cin, requires_grad=True)
     x = pooled.replace_feats(feats)
-    layer = sp.ConvTranspose(cin, cout, kernel_size=ks, stride=st, generative=generative, dimension=3)
+    layer = sp.ConvTranspose(
+        cin, cout, kernel_size=ks, stride=st, generative=generative, dimension=3
+    )
     y = layer(x) if generative else layer(x, coordinates=x_fine)
     assert y.tensor_stride == s_fine
     if not generative:
@@ -122,7 +136,12 @@ def test_conv_transpose_matches_conv_transpose3d(ks, st, generative) -> None:
     (y.feats * r).sum().backward()
 
     feats2 = feats.detach().clone().requires_grad_(True)
-    w2 = sparse_to_dense_weight(layer.weight.detach(), ks).permute(1, 0, 2, 3, 4).clone().requires_grad_(True)
+    w2 = (
+        sparse_to_dense_weight(layer.weight.detach(), ks)
+        .permute(1, 0, 2, 3, 4)
+        .clone()
+        .requires_grad_(True)
+    )
     cshape = tuple(math.ceil(n / s) + 1 for n, s in zip(SHAPE, st))
     dense = densify(x.coords, feats2, s_coarse, cshape, 2)
     yd = tf.conv_transpose3d(dense, w2, stride=st)
@@ -133,7 +152,9 @@ def test_conv_transpose_matches_conv_transpose3d(ks, st, generative) -> None:
     (ref * r).sum().backward()
     torch.testing.assert_close(y.feats, ref)
     torch.testing.assert_close(feats.grad, feats2.grad)
-    torch.testing.assert_close(layer.weight.grad, _to_sparse_weight(w2.grad.permute(1, 0, 2, 3, 4), ks))
+    torch.testing.assert_close(
+        layer.weight.grad, _to_sparse_weight(w2.grad.permute(1, 0, 2, 3, 4), ks)
+    )
     if generative:
         # every child of every input site, nothing else
         offs = sp.kernel_offsets(ks, (1, 1, 1)) * torch.tensor(s_fine)
@@ -161,10 +182,17 @@ def test_network_block_matches_dense() -> None:
     f2 = feats.detach().clone().requires_grad_(True)
     d = densify(coords, f2, (1, 1, 1), (6, 6, 8), 2)
     occ = densify(coords, torch.ones(len(coords), 1), (1, 1, 1), (6, 6, 8), 2) > 0
-    hd = tf.elu(tf.conv3d(d, sparse_to_dense_weight(conv.weight.detach(), (3, 3, 3)), padding=1)) * occ
+    hd = (
+        tf.elu(tf.conv3d(d, sparse_to_dense_weight(conv.weight.detach(), (3, 3, 3)), padding=1))
+        * occ
+    )
     lowd = tf.max_pool3d(torch.where(occ, hd, torch.tensor(float("-inf"))), (2, 2, 4))
     lowd = torch.where(torch.isinf(lowd), torch.zeros(()), lowd)
-    upd = tf.conv_transpose3d(lowd, sparse_to_dense_weight(up.weight.detach(), (2, 2, 4)).permute(1, 0, 2, 3, 4), stride=(2, 2, 4))
+    upd = tf.conv_transpose3d(
+        lowd,
+        sparse_to_dense_weight(up.weight.detach(), (2, 2, 4)).permute(1, 0, 2, 3, 4),
+        stride=(2, 2, 4),
+    )
     outd = torch.cat([upd, hd], 1) * occ
     (outd**2).sum().backward()
     torch.testing.assert_close(out.feats, sample(outd, out.coords, (1, 1, 1)))

@@ -98,7 +98,9 @@ def test_conv_parity(d, ks, st) -> None:
 
 
 @pytest.mark.parametrize("d", [3, 4])
-@pytest.mark.parametrize("ks,st", [(2, 2), ((2, 2, 2, 4), (2, 2, 2, 4)), ((1, 1, 1, 8), (1, 1, 1, 8)), (3, 2)])
+@pytest.mark.parametrize(
+    "ks,st", [(2, 2), ((2, 2, 2, 4), (2, 2, 2, 4)), ((1, 1, 1, 8), (1, 1, 1, 8)), (3, 2)]
+)
 def test_max_pool_parity(d, ks, st) -> None:
     ks = ks if isinstance(ks, int) else (*ks[: d - 1], ks[-1])
     st = st if isinstance(st, int) else (*st[: d - 1], st[-1])
@@ -116,7 +118,10 @@ def test_max_pool_parity(d, ks, st) -> None:
 
 
 @pytest.mark.parametrize("d", [3, 4])
-@pytest.mark.parametrize("ks,st", [((2, 2, 2, 1), (2, 2, 2, 1)), ((3, 3, 3, 3), (2, 2, 2, 2)), ((2, 2, 2, 4), (2, 2, 2, 4))])
+@pytest.mark.parametrize(
+    "ks,st",
+    [((2, 2, 2, 1), (2, 2, 2, 1)), ((3, 3, 3, 3), (2, 2, 2, 2)), ((2, 2, 2, 4), (2, 2, 2, 4))],
+)
 @pytest.mark.parametrize("mode", ["target", "default", "generative"])
 def test_conv_transpose_parity(d, ks, st, mode) -> None:
     ks = (*ks[: d - 1], ks[-1])
@@ -177,7 +182,9 @@ class _Block(torch.nn.Module):
         self.pool = sp.MaxPool(pool, dimension=d)
         self.c2 = sp.Conv(8, 8, 3, dimension=d)
         self.up = sp.ConvTranspose(8, 8, pool, pool, dimension=d)
-        self.gen = sp.ConvTranspose(16, 4, (2,) * (d - 1) + (1,), (2,) * (d - 1) + (1,), generative=True, dimension=d)
+        self.gen = sp.ConvTranspose(
+            16, 4, (2,) * (d - 1) + (1,), (2,) * (d - 1) + (1,), generative=True, dimension=d
+        )
 
     def forward(self, x):
         h = sp.elu(self.bn(self.c1(x)))

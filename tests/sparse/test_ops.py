@@ -106,7 +106,9 @@ def test_prune_keeps_masked_rows_and_grads() -> None:
 # -- edge cases ----------------------------------------------------------------------------
 @pytest.mark.parametrize("d", [3, 4])
 def test_empty_tensors_flow_through_every_layer(d: int) -> None:
-    x = sp.sparse_tensor(torch.zeros((0, 1 + d), dtype=torch.int32), torch.zeros(0, 2, requires_grad=True))
+    x = sp.sparse_tensor(
+        torch.zeros((0, 1 + d), dtype=torch.int32), torch.zeros(0, 2, requires_grad=True)
+    )
     layers = [
         sp.Conv(2, 4, 3, dimension=d),
         sp.BatchNorm(4),

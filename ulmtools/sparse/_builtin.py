@@ -87,7 +87,12 @@ class _TableConv(torch.autograd.Function):
         else:
             rev, offsets = km.reverse(), active
         gx, gw_active = _gather_backward(
-            x, g.contiguous(), rev, weight.index_select(0, offsets), ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            x,
+            g.contiguous(),
+            rev,
+            weight.index_select(0, offsets),
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
         )
         gw = None
         if gw_active is not None:
@@ -106,7 +111,7 @@ def _gather_backward(
     serve both products while they are in cache.
     """
     n, k = rev.shape
-    kk, cin, cout = w.shape
+    _, cin, cout = w.shape
     gx = x.new_empty((n, cin)) if need_x else None
     gw = x.new_zeros((cin, k * cout)) if need_w else None
     if n == 0 or k == 0:
@@ -227,7 +232,9 @@ class BuiltinBackend(Backend):
         k, _, cout = weight.shape
         if generative:
             if target is not None:
-                raise ValueError("a generative transposed convolution makes its own sites; drop `coordinates`")
+                raise ValueError(
+                    "a generative transposed convolution makes its own sites; drop `coordinates`"
+                )
             if any(d != 1 for d in dilation):
                 raise ValueError("generative transposed convolution supports dilation 1 only")
             cs_out, exact = mgr.generate_set(cs_in, kernel_size, stride)
@@ -241,11 +248,14 @@ class BuiltinBackend(Backend):
                 raise ValueError(f"cannot upsample tensor stride {cs_in.stride} by {stride}")
             if target is not None:
                 if target.manager is not mgr:
-                    raise ValueError("`coordinates` must come from the same forward pass (coordinate manager)")
+                    raise ValueError(
+                        "`coordinates` must come from the same forward pass (coordinate manager)"
+                    )
                 cs_out = target.key
                 if cs_out.stride != out_stride:
                     raise ValueError(
-                        f"target tensor stride {cs_out.stride} does not match {cs_in.stride} / {stride}"
+                        f"target tensor stride {cs_out.stride} does not match "
+                        f"{cs_in.stride} / {stride}"
                     )
             else:
                 cs_out = mgr.find_transpose_target(cs_in, out_stride)
@@ -253,7 +263,9 @@ class BuiltinBackend(Backend):
         if km.parent is not None:
             assert km.child is not None
             children = _padded((x.feats @ _expand_weight(weight)).view(-1, cout))
-            idx = torch.where(km.parent < cs_in.size, km.parent.long() * k + km.child, cs_in.size * k)
+            idx = torch.where(
+                km.parent < cs_in.size, km.parent.long() * k + km.child, cs_in.size * k
+            )
             return self._new(x, children.index_select(0, idx), cs_out)
         return self._new(x, _TableConv.apply(x.feats, weight, km), cs_out)
 
@@ -273,7 +285,9 @@ class BuiltinBackend(Backend):
         if a.manager is not b.manager:
             raise ValueError("union needs tensors from the same forward pass (coordinate manager)")
         if a.key.stride != b.key.stride:
-            raise ValueError(f"union needs equal tensor strides, got {a.key.stride} and {b.key.stride}")
+            raise ValueError(
+                f"union needs equal tensor strides, got {a.key.stride} and {b.key.stride}"
+            )
         if a.key is b.key:
             return a + b
         mgr: CoordinateManager = a.manager

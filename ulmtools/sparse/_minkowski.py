@@ -36,7 +36,7 @@ def import_minkowski() -> Any:
     # Two competing BLAS thread pools (OpenBLAS's and torch's) made it 3x slower here.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        import MinkowskiEngine as ME  # type: ignore[import-not-found]  # noqa: N812
+        import MinkowskiEngine as ME  # type: ignore[import-not-found]
     except ImportError as err:
         raise BackendUnavailableError(
             f"the minkowski sparse backend needs MinkowskiEngine, which is not importable ({err})",
@@ -98,7 +98,8 @@ class MinkowskiBackend(Backend):
         coords = coords.int().to(feats.device).contiguous()
         key, (unique_index, _) = manager.me.insert_and_map(coords, list(tensor_stride), "")
         if unique_index.numel() != coords.shape[0] or (
-            coords.shape[0] and not torch.equal(unique_index.long().cpu(), torch.arange(coords.shape[0]))
+            coords.shape[0]
+            and not torch.equal(unique_index.long().cpu(), torch.arange(coords.shape[0]))
         ):
             raise ValueError("coordinates contain duplicate sites; merge them first")
         return SparseTensor(feats, key, manager, self)
@@ -117,7 +118,9 @@ class MinkowskiBackend(Backend):
         return bool(a == b)
 
     def _me(self, x: SparseTensor) -> Any:
-        return self.ME.SparseTensor(x.feats, coordinate_map_key=x.key, coordinate_manager=x.manager.me)
+        return self.ME.SparseTensor(
+            x.feats, coordinate_map_key=x.key, coordinate_manager=x.manager.me
+        )
 
     def _wrap(self, x: SparseTensor, feats: Tensor, key: Any) -> SparseTensor:
         return SparseTensor(feats, key, x.manager, self)
@@ -177,9 +180,13 @@ class MinkowskiBackend(Backend):
     ) -> SparseTensor:
         if target is not None:
             if generative:
-                raise ValueError("a generative transposed convolution makes its own sites; drop `coordinates`")
+                raise ValueError(
+                    "a generative transposed convolution makes its own sites; drop `coordinates`"
+                )
             if target.manager is not x.manager:
-                raise ValueError("`coordinates` must come from the same forward pass (coordinate manager)")
+                raise ValueError(
+                    "`coordinates` must come from the same forward pass (coordinate manager)"
+                )
             out_key = target.key
         else:
             out_key = self._empty_key(x)

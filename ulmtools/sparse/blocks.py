@@ -27,7 +27,15 @@ def _space_time(d: int, space: int, time: int) -> tuple[int, ...]:
 class ConvBnElu(nn.Module):
     """Conv -> batch norm -> ELU (the activation can be skipped for a residual sum)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int | tuple[int, ...] = 3, *, dimension: int, act: bool = True) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int | tuple[int, ...] = 3,
+        *,
+        dimension: int,
+        act: bool = True,
+    ) -> None:
         super().__init__()
         self.conv = Conv(cin, cout, kernel_size, dimension=dimension)
         self.bn = BatchNorm(cout)
@@ -44,7 +52,8 @@ class ResidualConvs(nn.Module):
     def __init__(self, cin: int, channels: int, n: int, *, dimension: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            ConvBnElu(cin if i == 0 else channels, channels, 3, dimension=dimension, act=i < n - 1) for i in range(n)
+            ConvBnElu(cin if i == 0 else channels, channels, 3, dimension=dimension, act=i < n - 1)
+            for i in range(n)
         )
 
     def forward(self, x: SparseTensor, residual: SparseTensor | None = None) -> SparseTensor:
@@ -91,13 +100,16 @@ class DeepStULMSketch(nn.Module):
                     }
                 )
             )
-        # up path: transposed conv x2 in space onto the skip's sites, conv, concat, 3 convs + residual
+        # up path: transposed conv x2 in space onto the skip's sites, conv, concat,
+        # 3 convs + residual
         self.up = nn.ModuleList()
         for cin, cout, cskip, tpool in ((64, 64, 32, 4), (64, 32, 16, 16)):
             self.up.append(
                 nn.ModuleDict(
                     {
-                        "upconv": ConvTranspose(cin, cout, _space_time(d, 2, 1), _space_time(d, 2, 1), dimension=d),
+                        "upconv": ConvTranspose(
+                            cin, cout, _space_time(d, 2, 1), _space_time(d, 2, 1), dimension=d
+                        ),
                         "conv": ConvBnElu(cout, cout, 3, dimension=d),
                         "skip_pool": MaxPool(_space_time(d, 1, tpool), dimension=d),
                         "convs": ResidualConvs(cout + cskip, cout, 3, dimension=d),
@@ -113,7 +125,12 @@ class DeepStULMSketch(nn.Module):
                 nn.ModuleDict(
                     {
                         "gen": ConvTranspose(
-                            16, 16, _space_time(d, 2, 1), _space_time(d, 2, 1), generative=True, dimension=d
+                            16,
+                            16,
+                            _space_time(d, 2, 1),
+                            _space_time(d, 2, 1),
+                            generative=True,
+                            dimension=d,
                         ),
                         "bn": BatchNorm(16),
                         "convs": ResidualConvs(16, 16, 3, dimension=d),
@@ -124,7 +141,9 @@ class DeepStULMSketch(nn.Module):
         self.t2_pool = MaxPool(_space_time(d, 1, 8), dimension=d)
         self.t2_convs = ResidualConvs(16, 16, 2, dimension=d)
         self.out_convs = nn.Sequential(
-            ConvBnElu(16, 8, 3, dimension=d), ConvBnElu(8, 8, 3, dimension=d), ConvBnElu(8, 8, 3, dimension=d)
+            ConvBnElu(16, 8, 3, dimension=d),
+            ConvBnElu(8, 8, 3, dimension=d),
+            ConvBnElu(8, 8, 3, dimension=d),
         )
         self.out = Conv(8, 1, 1, bias=True, dimension=d)
 

@@ -48,12 +48,11 @@ DENSE_TABLE_MAX_CELLS = 1 << 25
 _CHUNK_ELEMS = 1 << 22
 
 
-def normalize_tuple(value: int | tuple[int, ...] | list[int], dimension: int, name: str) -> tuple[int, ...]:
+def normalize_tuple(
+    value: int | tuple[int, ...] | list[int], dimension: int, name: str
+) -> tuple[int, ...]:
     """Expand an int to a D-tuple and check a tuple's length; reject non-positive values."""
-    if isinstance(value, int):
-        out = (value,) * dimension
-    else:
-        out = tuple(int(v) for v in value)
+    out = (value,) * dimension if isinstance(value, int) else tuple(int(v) for v in value)
     if len(out) != dimension:
         raise ValueError(f"{name} must have {dimension} entries (one per axis), got {out}")
     if any(v < 1 for v in out):
@@ -76,13 +75,18 @@ def kernel_offsets(kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> T
     return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), len(kernel_size))
 
 
-def is_patch_kernel(kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
+def is_patch_kernel(
+    kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> bool:
     """True when the kernel tiles the coarse grid exactly: every fine site has one parent.
 
     That holds when kernel == stride, dilation 1, and each axis is either even or 1
     (an odd kernel > 1 is centred and would overlap its neighbours).
     """
-    return all(k == s and d == 1 and (k == 1 or k % 2 == 0) for k, s, d in zip(kernel_size, stride, dilation))
+    return all(
+        k == s and d == 1 and (k == 1 or k % 2 == 0)
+        for k, s, d in zip(kernel_size, stride, dilation)
+    )
 
 
 @dataclass(eq=False)
@@ -157,7 +161,9 @@ def _reverse_table(nbr: Tensor, n_in: int, n_out: int) -> Tensor:
     cols = torch.arange(k, device=nbr.device)
     for r0 in range(0, nbr.shape[0], rows_per_chunk):
         block = nbr[r0 : r0 + rows_per_chunk].long()
-        rows = torch.arange(r0, r0 + block.shape[0], device=nbr.device).unsqueeze(1).expand_as(block)
+        rows = (
+            torch.arange(r0, r0 + block.shape[0], device=nbr.device).unsqueeze(1).expand_as(block)
+        )
         valid = block < n_in
         # Each (input, offset) pair has at most one output, so the writes never collide.
         pos = torch.where(valid, block * k + cols, n_in * k)
@@ -255,8 +261,12 @@ class CoordinateManager:
         self.maps_built = 0
 
     # -- sets -------------------------------------------------------------------
-    def add(self, coords: Tensor, stride: tuple[int, ...], parent: int | None = None) -> CoordinateSet:
-        cs = CoordinateSet(len(self._sets), coords.to(self.device, torch.int32).contiguous(), stride, parent)
+    def add(
+        self, coords: Tensor, stride: tuple[int, ...], parent: int | None = None
+    ) -> CoordinateSet:
+        cs = CoordinateSet(
+            len(self._sets), coords.to(self.device, torch.int32).contiguous(), stride, parent
+        )
         self._sets.append(cs)
         return cs
 
@@ -299,7 +309,9 @@ class CoordinateManager:
             self._generated[key] = self.add(kids, out_stride).id
         return self._sets[self._generated[key]], exact
 
-    def find_transpose_target(self, cs: CoordinateSet, out_stride: tuple[int, ...]) -> CoordinateSet:
+    def find_transpose_target(
+        self, cs: CoordinateSet, out_stride: tuple[int, ...]
+    ) -> CoordinateSet:
         """Where a non-generative transposed convolution lands when no target is given.
 
         Like MinkowskiEngine: the set already known at the finer stride (the nearest
@@ -361,7 +373,9 @@ class CoordinateManager:
                 rel = dst[:, 1:] - up[:, 1:]
                 mult = torch.cumprod(torch.tensor((1, *kernel_size[:-1]), device=self.device), 0)
                 child = (rel * mult).sum(1)
-                km = KernelMap(cs_in.size, cs_out.size, math.prod(kernel_size), parent=parent, child=child)
+                km = KernelMap(
+                    cs_in.size, cs_out.size, math.prod(kernel_size), parent=parent, child=child
+                )
             else:
                 offs = kernel_offsets(kernel_size, dilation).to(self.device)
                 nbr = neighbour_table(src, dst, -offs)
@@ -372,7 +386,10 @@ class CoordinateManager:
         return km
 
     def __repr__(self) -> str:
-        return f"CoordinateManager(dimension={self.dimension}, sets={len(self._sets)}, maps={len(self._maps)})"
+        return (
+            f"CoordinateManager(dimension={self.dimension}, sets={len(self._sets)}, "
+            f"maps={len(self._maps)})"
+        )
 
 
 def _finer_stride(stride: tuple[int, ...], factor: tuple[int, ...]) -> tuple[int, ...]:

@@ -55,7 +55,9 @@ def sparse_tensor(
     if coords.dim() != 2 or coords.shape[1] < 2:
         raise ValueError(f"coords must be (N, 1 + D), got shape {tuple(coords.shape)}")
     if feats.dim() != 2 or feats.shape[0] != coords.shape[0]:
-        raise ValueError(f"feats must be (N, C) with N = {coords.shape[0]}, got {tuple(feats.shape)}")
+        raise ValueError(
+            f"feats must be (N, C) with N = {coords.shape[0]}, got {tuple(feats.shape)}"
+        )
     if coords.dtype.is_floating_point or coords.dtype == torch.bool:
         raise ValueError(f"coords must be integers, got {coords.dtype}")
     d = coords.shape[1] - 1
@@ -168,7 +170,9 @@ def union(a: SparseTensor, b: SparseTensor) -> SparseTensor:
     if a.backend is not b.backend:
         raise ValueError("union needs tensors of the same backend")
     if a.num_channels != b.num_channels:
-        raise ValueError(f"union needs equal channel counts, got {a.num_channels} and {b.num_channels}")
+        raise ValueError(
+            f"union needs equal channel counts, got {a.num_channels} and {b.num_channels}"
+        )
     return a.backend.union(a, b)
 
 
@@ -236,7 +240,9 @@ def from_dense(
     if mask is None:
         mask = (dense != 0).any(dim=1)
     if mask.shape != (dense.shape[0], *dense.shape[2:]):
-        raise ValueError(f"mask must have shape {(dense.shape[0], *dense.shape[2:])}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must have shape {(dense.shape[0], *dense.shape[2:])}, got {tuple(mask.shape)}"
+        )
     idx = mask.nonzero()  # sorted (batch, axis 0, ...), i.e. the canonical order
     feats = dense.movedim(1, -1)[mask]
     step = torch.tensor((1, *stride), dtype=idx.dtype, device=idx.device)
@@ -248,4 +254,6 @@ def _check_weight(weight: Tensor, ks: tuple[int, ...], x: SparseTensor) -> None:
     if weight.dim() != 3 or weight.shape[0] != k:
         raise ValueError(f"weight must be (K={k}, C_in, C_out), got {tuple(weight.shape)}")
     if weight.shape[1] != x.num_channels:
-        raise ValueError(f"layer expects {weight.shape[1]} input channels, tensor has {x.num_channels}")
+        raise ValueError(
+            f"layer expects {weight.shape[1]} input channels, tensor has {x.num_channels}"
+        )

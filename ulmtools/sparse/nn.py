@@ -148,9 +148,7 @@ class MaxPool(nn.Module):
         self.dimension = dimension
         self.kernel_size = normalize_tuple(kernel_size, dimension, "kernel_size")  # type: ignore[arg-type]
         self.stride = (
-            self.kernel_size
-            if stride is None
-            else normalize_tuple(stride, dimension, "stride")  # type: ignore[arg-type]
+            self.kernel_size if stride is None else normalize_tuple(stride, dimension, "stride")  # type: ignore[arg-type]
         )
         self.dilation = normalize_tuple(dilation, dimension, "dilation")  # type: ignore[arg-type]
 

@@ -33,7 +33,7 @@ class SparseTensor:
         backend: the backend that owns ``key`` and ``manager``.
     """
 
-    __slots__ = ("feats", "key", "manager", "backend")
+    __slots__ = ("backend", "feats", "key", "manager")
 
     def __init__(self, feats: Tensor, key: Any, manager: Any, backend: Backend) -> None:
         if feats.dim() != 2:
@@ -45,7 +45,7 @@ class SparseTensor:
 
     # -- views ------------------------------------------------------------------
     @property
-    def F(self) -> Tensor:  # noqa: N802 - MinkowskiEngine's name, familiar to users
+    def F(self) -> Tensor:
         return self.feats
 
     @property
