@@ -198,38 +198,65 @@ def neighbour_table(src: Tensor, queries: Tensor, offsets: Tensor) -> Tensor:
 
     ``src`` (N, 1+D) and ``queries`` (M, 1+D) are int64 points in one common unit;
     ``offsets`` (K, D) shifts the spatial part.  Returns (M, K) int32 (int64 when N
-    does not fit) with sentinel N for "absent".  A dense lookup table is used when
-    the padded box is small (O(1) per query); otherwise sorted keys and searchsorted.
+    does not fit) with sentinel N for "absent".
+    """
+    table, _ = active_neighbour_table(src, queries, offsets, drop_empty=False)
+    return table
+
+
+def active_neighbour_table(
+    src: Tensor, queries: Tensor, offsets: Tensor, drop_empty: bool = True
+) -> tuple[Tensor, Tensor]:
+    """:func:`neighbour_table` without the offsets that never hit, and the kept offsets.
+
+    Built one offset (column) at a time, so an empty column -- common for time
+    offsets once time is pooled to a few slices -- never costs memory.  Lookups go
+    through a dense table when the padded bounding box is small (O(1) each),
+    otherwise through sorted keys and searchsorted (O(N) memory).
     """
     n, m, k = src.shape[0], queries.shape[0], offsets.shape[0]
     device = src.device
     idx_dtype = torch.int32 if n < (1 << 31) - 1 else torch.int64
+    all_cols = torch.arange(k, device=device)
     if n == 0 or m == 0:
-        return torch.full((m, k), n, dtype=idx_dtype, device=device)
+        if drop_empty:
+            return torch.empty((m, 0), dtype=idx_dtype, device=device), all_cols[:0]
+        return torch.full((m, k), n, dtype=idx_dtype, device=device), all_cols
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     off = torch.cat([zero.expand(k, 1), offsets.to(device)], dim=1)
     lo = torch.minimum(src.min(0).values, queries.min(0).values + off.min(0).values)
     hi = torch.maximum(src.max(0).values, queries.max(0).values + off.max(0).values)
     radix = _Radix(lo, hi)
     src_key = radix.encode(src)
-    off_key = (off * radix.mult).sum(1)
-    out = torch.empty((m, k), dtype=idx_dtype, device=device)
-    rows_per_chunk = max(1, _CHUNK_ELEMS // k)
+    off_key = (off * radix.mult).sum(1).tolist()
+    q = radix.encode(queries)
+    cols: list[Tensor] = []
+    kept: list[int] = []
     if radix.volume <= max(DENSE_TABLE_MAX_CELLS, 8 * n):
         table = torch.full((radix.volume,), n, dtype=idx_dtype, device=device)
         table[src_key] = torch.arange(n, dtype=idx_dtype, device=device)
-        for r0 in range(0, m, rows_per_chunk):
-            q = radix.encode(queries[r0 : r0 + rows_per_chunk])
-            out[r0 : r0 + q.shape[0]] = table[q.unsqueeze(1) + off_key]
-        return out
-    sorted_key, perm = torch.sort(src_key)
-    perm = torch.cat([perm.to(idx_dtype), torch.tensor([n], dtype=idx_dtype, device=device)])
-    for r0 in range(0, m, rows_per_chunk):
-        q = radix.encode(queries[r0 : r0 + rows_per_chunk]).unsqueeze(1) + off_key
-        pos = torch.searchsorted(sorted_key, q).clamp_(max=n - 1)
-        found = sorted_key[pos] == q
-        out[r0 : r0 + q.shape[0]] = perm[torch.where(found, pos, n)]
-    return out
+
+        def column(ok: int) -> Tensor:
+            return table[q + ok]
+
+    else:
+        sorted_key, perm = torch.sort(src_key)
+        perm = torch.cat([perm.to(idx_dtype), torch.tensor([n], dtype=idx_dtype, device=device)])
+
+        def column(ok: int) -> Tensor:
+            key = q + ok
+            pos = torch.searchsorted(sorted_key, key).clamp_(max=n - 1)
+            return perm[torch.where(sorted_key[pos] == key, pos, n)]
+
+    for i, ok in enumerate(off_key):
+        col = column(ok)
+        if not drop_empty or bool((col < n).any()):
+            cols.append(col)
+            kept.append(i)
+    active = torch.tensor(kept, dtype=torch.int64, device=device)
+    if not cols:
+        return torch.empty((m, 0), dtype=idx_dtype, device=device), active
+    return torch.stack(cols, dim=1), active
 
 
 def unique_points(pts: Tensor) -> tuple[Tensor, Tensor]:
@@ -342,9 +369,12 @@ class CoordinateManager:
         if km is None:
             offs = kernel_offsets(kernel_size, dilation).to(self.device)
             unit = torch.tensor((1, *cs_in.stride), dtype=torch.int64, device=self.device)
-            nbr = neighbour_table(cs_in.coords.long() // unit, cs_out.coords.long() // unit, offs)
+            table, active = active_neighbour_table(
+                cs_in.coords.long() // unit, cs_out.coords.long() // unit, offs
+            )
             symmetric = cs_in is cs_out and all(k % 2 == 1 for k in kernel_size)
-            km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], nbr=nbr, symmetric=symmetric)
+            km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], symmetric=symmetric)
+            km._table = (table, active)
             self._maps[key] = km
             self.maps_built += 1
         return km
@@ -378,9 +408,10 @@ class CoordinateManager:
                 )
             else:
                 offs = kernel_offsets(kernel_size, dilation).to(self.device)
-                nbr = neighbour_table(src, dst, -offs)
+                table, active = active_neighbour_table(src, dst, -offs)
                 symmetric = cs_in is cs_out and all(k % 2 == 1 for k in kernel_size)
-                km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], nbr=nbr, symmetric=symmetric)
+                km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], symmetric=symmetric)
+                km._table = (table, active)
             self._maps[key] = km
             self.maps_built += 1
         return km
