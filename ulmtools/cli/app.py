@@ -13,9 +13,11 @@ from typer.exceptions import TyperException
 
 from ulmtools import __version__
 from ulmtools.cli import beamform as beamform_cmd
+from ulmtools.cli import infer as infer_cmd
 from ulmtools.cli import info
 from ulmtools.cli import simulate as simulate_cmd
 from ulmtools.cli import sparsify as sparsify_cmd
+from ulmtools.cli import train as train_cmd
 from ulmtools.cli.context import state
 from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UlmError
 
@@ -52,6 +54,8 @@ app.command("info")(info.info)
 app.command("simulate")(simulate_cmd.simulate)
 app.command("beamform")(beamform_cmd.beamform)
 app.command("sparsify")(sparsify_cmd.sparsify)
+app.command("train")(train_cmd.train)
+app.command("infer")(infer_cmd.infer)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
