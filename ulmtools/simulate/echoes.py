@@ -10,17 +10,24 @@ front the acquisition's transmit delays launch), with
 
 * the complex baseband two-way pulse, centred on ``tau`` (time zero of a
   round trip is the pulse's envelope peak, the convention of pymust's
-  ``simus`` too): a one-cycle sine excitation filtered twice by the probe,
-  whose two-way response is a generalised Gaussian in frequency, -6 dB at
-  the acquisition's fractional bandwidth and vanishing towards DC (the
-  transducer model of MUST/SIMUS), tabulated once and interpolated;
+  ``simus`` too): a one-cycle sine excitation filtered by the probe's
+  two-way response, a generalised Gaussian in frequency, -6 dB at the
+  acquisition's fractional bandwidth and vanishing towards DC (the
+  transducer model of MUST/SIMUS), weighted by ``(f / f_c) ** -1``, the
+  spectral tilt SIMUS's radiation integrals leave on a round trip (fitted:
+  it lifts the correlation with pymust from 0.96 to 0.99); tabulated once,
+  cut at -40 dB and interpolated;
 * the carrier phase ``exp(-2 pi i f_c tau)`` (IQ demodulated at ``f_d``);
-* element directivity (a ``sinc`` of the element width, and height for a
-  matrix array, times the obliquity ``cos theta`` of a soft baffle);
+* element directivity: a ``sinc`` of the element width (and height, matrix
+  arrays); in 2D times the obliquity ``cos theta`` of a soft baffle;
 * spreading: ``1/r`` on receive in 3D; in 2D ``1/sqrt(r)`` in plane times the
   elevation beam of the linear array's lens, computed in the paraxial
   (Fresnel) approximation for transmit and receive, which also weights
   bubbles off the imaging plane.
+
+Against pymust (simus/simus3 + rf2iq) after delay-and-sum, on random bubbles
+in the field of view (2D: inside the elevational slice), the complex
+correlation is 0.99-0.997 in 2D and 0.995-0.997 in 3D.
 
 :func:`point_echoes` gives one frame's channel IQ for a set of points (also
 what a PSF needs); :func:`movie_echoes` fills a block of frames from a
@@ -45,14 +52,15 @@ def pulse_sigma(acq: Acquisition) -> float:
 
 
 PULSE_TABLE_STEP = 0.25e-9  # s
+PULSE_FLOOR_DB = -40.0  # the pulse is cut where its envelope falls below this
 FREQUENCY_POWER = {2: -1.0, 3: -1.0}
 
 
 def frequency_power(acq: Acquisition) -> float:
-    """Radiation weights the spectrum by ``(f / f_c) ** power`` over the round trip.
+    """The round trip weights the pulse spectrum by ``(f / f_c) ** power``.
 
-    A baffled element radiates ``~ i k`` per way in 3D (so ``f ** 2`` both
-    ways); a line element with an elevation lens ``~ sqrt(k)`` per way.
+    Fitted against pymust's SIMUS (``-1`` in 2D and 3D: 0.99 vs 0.96
+    correlation with no tilt).
     """
     return FREQUENCY_POWER[acq.dim]
 
@@ -84,7 +92,7 @@ def pulse_table(acq: Acquisition) -> tuple[np.ndarray, float]:
     k = int(np.argmax(np.abs(analytic)))
     centred = np.roll(analytic, n // 2 - k)  # envelope peak at n // 2 (the filter is acausal)
     env = np.abs(centred)
-    idx = np.nonzero(env > env[n // 2] * 10 ** (-60 / 20))[0]
+    idx = np.nonzero(env > env[n // 2] * 10 ** (PULSE_FLOOR_DB / 20))[0]
     half_steps = int(max(n // 2 - idx[0], idx[-1] - n // 2))
     seg = centred[n // 2 - half_steps : n // 2 + half_steps + 1]
     tt = (np.arange(len(seg)) - half_steps) * dt
@@ -166,11 +174,11 @@ def sample_window(acq: Acquisition, grid: Grid, extra: float = 0.0) -> tuple[flo
     return k0 / fs, k1 - k0 + 1
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, parallel=True)
 def _echo_kernel(
     out,  # (F, T, S, E) complex64
-    frames,  # (n,) int  frame of each row, relative to out
-    pos,  # (n, 3)
+    frame_ptr,  # (F + 1,) rows frame_ptr[f]:frame_ptr[f+1] belong to frame f
+    pos,  # (n, 3), rows sorted by frame
     amp,  # (n,) complex128 (amplitude x elevation factor)
     elem,  # (E, 3)
     u,  # (T, 3)
@@ -191,56 +199,52 @@ def _echo_kernel(
     n_frames, n_tx, n_s, n_el = out.shape
     two_pi = 2.0 * np.pi
     n_table = len(table)
-    for i in range(len(frames)):
-        f = frames[i]
-        if f < 0 or f >= n_frames:
-            continue
-        z, x, y = pos[i, 0], pos[i, 1], pos[i, 2]
-        for e in range(n_el):
-            dx = x - elem[e, 1]
-            dy = y - elem[e, 2] if dim == 3 else 0.0
-            dz = z - elem[e, 0]
-            r = np.sqrt(dx * dx + dy * dy + dz * dz)
-            if r <= 0:
-                continue
-            sx = dx / r
-            ax = np.pi * width * sx / wavelength
-            d = np.sin(ax) / ax if abs(ax) > 1e-9 else 1.0
-            if dim == 3:
-                sy = dy / r
-                ay = np.pi * height * sy / wavelength
-                d *= np.sin(ay) / ay if abs(ay) > 1e-9 else 1.0
-                g = d / r
-            else:
-                g = d * (dz / r) / np.sqrt(r)
-            a = amp[i] * g
-            trx = r / c
+    # frames are independent: one thread per frame, no write conflicts
+    for f in numba.prange(n_frames):
+        tx = np.empty(n_tx)
+        for i in range(frame_ptr[f], frame_ptr[f + 1]):
+            z, x, y = pos[i, 0], pos[i, 1], pos[i, 2]
             for t in range(n_tx):
-                tau = (u[t, 0] * z + u[t, 1] * x + u[t, 2] * y) / c - off[t] + trx
-                k0 = int(np.ceil((tau - half - t0) * fs))
-                k1 = int(np.floor((tau + half - t0) * fs))
-                if k1 < 0 or k0 >= n_s:
+                tx[t] = (u[t, 0] * z + u[t, 1] * x + u[t, 2] * y) / c - off[t]
+            for e in range(n_el):
+                dx = x - elem[e, 1]
+                dy = y - elem[e, 2] if dim == 3 else 0.0
+                dz = z - elem[e, 0]
+                r = np.sqrt(dx * dx + dy * dy + dz * dz)
+                if r <= 0:
                     continue
-                if k0 < 0:
-                    k0 = 0
-                if k1 > n_s - 1:
-                    k1 = n_s - 1
-                ph = -two_pi * fc * tau
-                carrier = a * complex(np.cos(ph), np.sin(ph))
-                for k in range(k0, k1 + 1):
-                    tk = t0 + k / fs
-                    q = (tk - tau + half) / table_step
-                    j = int(q)
-                    if j < 0 or j >= n_table - 1:
+                ax = np.pi * width * (dx / r) / wavelength
+                d = np.sin(ax) / ax if abs(ax) > 1e-9 else 1.0
+                if dim == 3:
+                    ay = np.pi * height * (dy / r) / wavelength
+                    d *= np.sin(ay) / ay if abs(ay) > 1e-9 else 1.0
+                    g = d / r
+                else:
+                    g = d * (dz / r) / np.sqrt(r)
+                a = amp[i] * g
+                trx = r / c
+                for t in range(n_tx):
+                    tau = tx[t] + trx
+                    k0 = int(np.ceil((tau - half - t0) * fs))
+                    k1 = int(np.floor((tau + half - t0) * fs))
+                    if k1 < 0 or k0 >= n_s:
                         continue
-                    w = q - j
-                    env = table[j] * (1.0 - w) + table[j + 1] * w
-                    if fd != fc:
-                        pd = two_pi * (fc - fd) * tk
-                        v = carrier * env * complex(np.cos(pd), np.sin(pd))
-                    else:
-                        v = carrier * env
-                    out[f, t, k, e] += v
+                    k0 = max(k0, 0)
+                    k1 = min(k1, n_s - 1)
+                    ph = -two_pi * fc * tau
+                    carrier = a * complex(np.cos(ph), np.sin(ph))
+                    for k in range(k0, k1 + 1):
+                        tk = t0 + k / fs
+                        q = (tk - tau + half) / table_step
+                        j = int(q)
+                        if j < 0 or j >= n_table - 1:
+                            continue
+                        w = q - j
+                        env = table[j] * (1.0 - w) + table[j + 1] * w
+                        if fd != fc:
+                            pd = two_pi * (fc - fd) * tk
+                            env = env * complex(np.cos(pd), np.sin(pd))
+                        out[f, t, k, e] += carrier * env
 
 
 _PULSES: dict[tuple[float, float], tuple[np.ndarray, float]] = {}
@@ -284,15 +288,21 @@ def movie_echoes(
     if out is None:
         out = np.zeros(shape, dtype=np.complex64)
     fr = np.asarray(frames, dtype=np.int64) - int(frame_offset)
-    if len(fr) == 0:
+    keep = (fr >= 0) & (fr < n_frames)
+    if not keep.any():
         return out
+    order = np.argsort(fr[keep], kind="stable")
+    fr = fr[keep][order]
+    pos = pos[keep][order]
+    amps = np.asarray(amplitudes)[keep][order]
+    frame_ptr = np.searchsorted(fr, np.arange(n_frames + 1)).astype(np.int64)
     u, off = plane_wave_geometry(acq)
     table, half = _cached_pulse(acq)
     _echo_kernel(
         out,
-        fr,
+        frame_ptr,
         np.ascontiguousarray(pos),
-        _row_amplitudes(acq, pos, amplitudes),
+        _row_amplitudes(acq, pos, amps),
         np.ascontiguousarray(acq.element_positions),
         np.ascontiguousarray(u),
         np.ascontiguousarray(off),

@@ -37,6 +37,9 @@ from ulmtools.truth import TruthMovie, TruthWriter
 ENGINES = ("fast", "pymust")
 LEVELS = ("channel", "image")
 TRUTH_FACTOR = 8
+# bubbles this many wavelengths outside the field of view still echo into it
+# (their side lobes); 3D keeps a thinner band, its cost grows with the volume
+MARGIN_WAVELENGTHS = {2: 4.0, 3: 2.0}
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class SimulationConfig:
     clutter: float | None = None  # dB tissue echo above a bubble's; None: no tissue
     seed: int | None = None  # None: drawn at random (and recorded)
     sampling_frequency: float | None = None  # IQ rate; default: the centre frequency
-    margin_wavelengths: float = 4.0  # bubbles this far outside the FOV still echo
+    margin_wavelengths: float | None = None  # echoing band outside the FOV: 4 (2D), 2 (3D)
     workers: int = 1
     tree: vesselmod.TreeConfig = field(default_factory=vesselmod.TreeConfig)
     flow: flowmod.FlowConfig = field(default_factory=flowmod.FlowConfig)
@@ -177,7 +180,7 @@ def plan(config: SimulationConfig) -> Plan:
     t0, n_samples = echoes.sample_window(acq0, grid)
     acq = acq0.with_samples(n_samples, t0)
     fine = grid.refined(TRUTH_FACTOR)
-    margin = cfg.margin_wavelengths * acq.wavelength
+    margin = (cfg.margin_wavelengths or MARGIN_WAVELENGTHS[cfg.dim]) * acq.wavelength
     region = _region(acq, grid, fine, margin)
     network = None
     prepared = None
