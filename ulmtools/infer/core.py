@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import zarr
 
-from ulmtools.errors import UsageError
+from ulmtools.errors import InputError, UsageError
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import create_array
@@ -220,7 +220,7 @@ def infer_store(
     import time
 
     if model.dimension != data.dimension:
-        raise UsageError(
+        raise InputError(
             f"the model is for {model.dimension - 1}D+t data but the input is {data.space_ndim}D+t",
             "use a model trained on data of the same dimension",
         )
