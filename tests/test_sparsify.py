@@ -349,3 +349,19 @@ def test_sparse_store_kind_is_validated(tmp_path):
         zarr.create_array(g.store, name="offsets", shape=(1,), dtype="int64")
     with pytest.raises(InputError, match="'shape' attribute"):
         open_sparse(bare)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1 << 20])
+def test_truth_rows_read_in_blocks_match_per_movie_reads(tmp_path, rows):
+    from ulmtools.sparsify.core import _TruthRows
+    from ulmtools.truth import Truth
+
+    src = tmp_path / "s.zarr"
+    write_synthetic_store(src, SyntheticConfig(movies=5, frames=6, shape=(8, 8), bubbles=2))
+    truth = Truth(open_store(src))
+    reader = _TruthRows(truth, rows=rows)
+    for m in [0, 1, 2, 4, 3, 0]:  # out of order too
+        positions, frames = reader(m)
+        tm = truth.movie(m, with_tracks=False)
+        np.testing.assert_array_equal(positions, tm.positions)
+        np.testing.assert_array_equal(frames, tm.frames)
