@@ -209,54 +209,73 @@ def active_neighbour_table(
 ) -> tuple[Tensor, Tensor]:
     """:func:`neighbour_table` without the offsets that never hit, and the kept offsets.
 
-    Built one offset (column) at a time, so an empty column -- common for time
-    offsets once time is pooled to a few slices -- never costs memory.  Lookups go
-    through a dense table when the padded bounding box is small (O(1) each),
+    Offsets that cannot hit along some axis (e.g. time offsets once time is pooled
+    to one slice) are ruled out up front from per-axis occupancy, so they cost
+    neither lookups nor memory.  Lookups go through a dense table when the padded
+    bounding box is small (O(1) each, rows of neighbours touch nearby cells),
     otherwise through sorted keys and searchsorted (O(N) memory).
     """
     n, m, k = src.shape[0], queries.shape[0], offsets.shape[0]
     device = src.device
     idx_dtype = torch.int32 if n < (1 << 31) - 1 else torch.int64
-    all_cols = torch.arange(k, device=device)
     if n == 0 or m == 0:
         if drop_empty:
-            return torch.empty((m, 0), dtype=idx_dtype, device=device), all_cols[:0]
-        return torch.full((m, k), n, dtype=idx_dtype, device=device), all_cols
+            empty = torch.empty((m, 0), dtype=idx_dtype, device=device)
+            return empty, torch.empty(0, dtype=torch.int64, device=device)
+        return torch.full((m, k), n, dtype=idx_dtype, device=device), torch.arange(k, device=device)
+    offsets = offsets.to(device)
     zero = torch.zeros(1, dtype=torch.int64, device=device)
-    off = torch.cat([zero.expand(k, 1), offsets.to(device)], dim=1)
+    off = torch.cat([zero.expand(k, 1), offsets], dim=1)
     lo = torch.minimum(src.min(0).values, queries.min(0).values + off.min(0).values)
     hi = torch.maximum(src.max(0).values, queries.max(0).values + off.max(0).values)
     radix = _Radix(lo, hi)
-    src_key = radix.encode(src)
-    off_key = (off * radix.mult).sum(1).tolist()
-    q = radix.encode(queries)
-    cols: list[Tensor] = []
-    kept: list[int] = []
+    active = torch.arange(k, device=device)
+    if drop_empty:
+        active = active[_feasible_offsets(src, queries, offsets, lo, hi)]
+    off_key = (off.index_select(0, active) * radix.mult).sum(1)
+    ka = active.shape[0]
+    out = torch.empty((m, ka), dtype=idx_dtype, device=device)
+    if ka == 0:
+        return out, active
+    rows = max(1, _CHUNK_ELEMS // ka)
     if radix.volume <= max(DENSE_TABLE_MAX_CELLS, 8 * n):
         table = torch.full((radix.volume,), n, dtype=idx_dtype, device=device)
-        table[src_key] = torch.arange(n, dtype=idx_dtype, device=device)
-
-        def column(ok: int) -> Tensor:
-            return table[q + ok]
-
+        table[radix.encode(src)] = torch.arange(n, dtype=idx_dtype, device=device)
+        for r0 in range(0, m, rows):
+            q = radix.encode(queries[r0 : r0 + rows])
+            out[r0 : r0 + q.shape[0]] = table[q.unsqueeze(1) + off_key]
     else:
-        sorted_key, perm = torch.sort(src_key)
+        sorted_key, perm = torch.sort(radix.encode(src))
         perm = torch.cat([perm.to(idx_dtype), torch.tensor([n], dtype=idx_dtype, device=device)])
-
-        def column(ok: int) -> Tensor:
-            key = q + ok
+        for r0 in range(0, m, rows):
+            key = radix.encode(queries[r0 : r0 + rows]).unsqueeze(1) + off_key
             pos = torch.searchsorted(sorted_key, key).clamp_(max=n - 1)
-            return perm[torch.where(sorted_key[pos] == key, pos, n)]
+            out[r0 : r0 + key.shape[0]] = perm[torch.where(sorted_key[pos] == key, pos, n)]
+    if drop_empty:
+        hit = (out < n).any(0)
+        if not bool(hit.all()):
+            out, active = out[:, hit].contiguous(), active[hit]
+    return out, active
 
-    for i, ok in enumerate(off_key):
-        col = column(ok)
-        if not drop_empty or bool((col < n).any()):
-            cols.append(col)
-            kept.append(i)
-    active = torch.tensor(kept, dtype=torch.int64, device=device)
-    if not cols:
-        return torch.empty((m, 0), dtype=idx_dtype, device=device), active
-    return torch.stack(cols, dim=1), active
+
+def _feasible_offsets(
+    src: Tensor, queries: Tensor, offsets: Tensor, lo: Tensor, hi: Tensor
+) -> Tensor:
+    """Offsets that can hit along every axis, from which coordinate values occur at all."""
+    ok = torch.ones(offsets.shape[0], dtype=torch.bool, device=src.device)
+    for axis in range(1, src.shape[1]):
+        ext = int(hi[axis] - lo[axis]) + 1
+        if ext > (1 << 24):
+            continue  # too wide to tabulate; let the lookups decide
+        has_src = torch.zeros(ext, dtype=torch.bool, device=src.device)
+        has_src[src[:, axis] - lo[axis]] = True
+        has_query = torch.zeros(ext, dtype=torch.bool, device=src.device)
+        has_query[queries[:, axis] - lo[axis]] = True
+        values = has_query.nonzero().squeeze(1)
+        for v in torch.unique(offsets[:, axis - 1]).tolist():
+            if not bool(has_src[values + v].any()):
+                ok &= offsets[:, axis - 1] != v
+    return ok
 
 
 def unique_points(pts: Tensor) -> tuple[Tensor, Tensor]:
