@@ -80,7 +80,7 @@ def simulate(
         typer.Option(
             "--clutter",
             help="Slowly moving tissue: dB of a tissue scatterer's echo over a bubble's "
-            "(about 2 scatterers per cubic wavelength). Default: no tissue.",
+            "(about 2 scatterers per wavelength^dim). Default: no tissue.",
             show_default=False,
         ),
     ] = None,
@@ -142,6 +142,17 @@ def simulate(
     check_output(output, force=force)
     work = plan(config)
     params = work.parameters
+    acq = work.acquisition
+    if params["network_edges"]:
+        lo_r, hi_r = (r * 1e6 for r in params["network_radius_range_m"])
+        vessel_text = f"{params['network_edges']} pieces, radii {lo_r:.1f}-{hi_r:.1f} um"
+    else:
+        vessel_text = "random trajectories"
+    log.info(
+        f"{params['dim']}D {acq.probe}, {acq.n_transmits} transmits, {acq.n_samples} samples "
+        f"from {acq.t0 * 1e6:.2f} us at {acq.sampling_frequency / 1e6:.3f} MHz; "
+        f"vessels: {vessel_text}"
+    )
     entry = provenance_entry("simulate", params, [])
     if work.config.level == "channel":
         kind = "channel"

@@ -243,6 +243,7 @@ def plan(config: SimulationConfig) -> Plan:
             else None
         ),
         "truth_factor": TRUTH_FACTOR,
+        "time_origin": "a round trip's time is at the two-way pulse's envelope peak",
         "reference_amplitude": ref,
         "echo_model": {
             "name": "fast" if cfg.engine == "fast" else "pymust.simus",
