@@ -193,6 +193,13 @@ class _Block(torch.nn.Module):
         return sp.sigmoid(self.gen(cat))
 
 
+def test_empty_input_is_refused_cleanly() -> None:
+    with pytest.raises(ValueError, match="no sites"):
+        sp.sparse_tensor(
+            torch.zeros((0, 4), dtype=torch.int32), torch.zeros(0, 2), backend="minkowski"
+        )
+
+
 def test_missing_backend_error_mentions_make_target(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a parity test, but only meaningful where the backend is importable."""
     import builtins
@@ -210,3 +217,25 @@ def test_missing_backend_error_mentions_make_target(monkeypatch: pytest.MonkeyPa
     with pytest.raises(sp.BackendUnavailableError, match="make minkowski"):
         mk.import_minkowski()
     assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
+
+
+@pytest.mark.parametrize("d,grid,frames", [(3, (8, 8), 64), (4, (4, 4, 4), 32)])
+def test_whole_network_parity(d, grid, frames) -> None:
+    """The Deep-stULM-shaped network, end to end, outputs and every parameter gradient."""
+    from ulmtools.sparse.blocks import DeepStULMSketch
+    from ulmtools.sparse.synthetic import synthetic_movie
+
+    coords, feats, stride = synthetic_movie(grid, frames, 3, seed=3)
+    assert len(coords) > 50
+    torch.manual_seed(0)
+    net = DeepStULMSketch(d).double()
+
+    def build(x, mod):
+        out = mod(x)
+        maps = out.level_maps
+        # fold the deep-supervision maps into the loss through the prediction's sites
+        return out.prediction.replace_feats(
+            out.prediction.feats + sum(m.feats.mean() for m in maps)
+        )
+
+    _parity(build, coords, feats.double(), stride, net)

@@ -147,8 +147,11 @@ class _TableMaxPool(torch.autograd.Function):
             return x.new_zeros((m, c))
         xp = _padded(x, float("-inf"))
         vals = xp.index_select(0, table.reshape(-1)).view(m, k, c)
+        if not ctx.needs_input_grad[0]:
+            return vals.amax(dim=1)  # inference: no arg-max bookkeeping
         out, arg = vals.max(dim=1)
-        src = table.long().gather(1, arg)
+        # int32 when it fits: this index is kept alive until the backward pass
+        src = table.gather(1, arg) if table.dtype == torch.int32 else table.long().gather(1, arg)
         ctx.save_for_backward(src)
         return out
 
@@ -157,7 +160,7 @@ class _TableMaxPool(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (src,) = ctx.saved_tensors
         gx = g.new_zeros((ctx.n + 1, g.shape[1]))
-        gx.scatter_add_(0, src, g)
+        gx.scatter_add_(0, src.long(), g)
         return gx[: ctx.n], None
 
 

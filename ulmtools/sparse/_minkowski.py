@@ -95,6 +95,12 @@ class MinkowskiBackend(Backend):
             manager = _Manager(ME.CoordinateManager(D=d, coordinate_map_type=map_type))
         elif not isinstance(manager, _Manager):
             raise ValueError("manager must come from a tensor of the minkowski backend")
+        if coords.shape[0] == 0:
+            # MinkowskiEngine 0.5.4 segfaults on empty coordinate maps; fail cleanly instead.
+            raise ValueError(
+                "the minkowski backend cannot hold a tensor with no sites "
+                "(MinkowskiEngine crashes on them); use the built-in backend for empty inputs"
+            )
         coords = coords.int().to(feats.device).contiguous()
         key, (unique_index, _) = manager.me.insert_and_map(coords, list(tensor_stride), "")
         if unique_index.numel() != coords.shape[0] or (
@@ -232,5 +238,10 @@ class MinkowskiBackend(Backend):
             keep = torch.zeros(x.num_sites, dtype=torch.bool, device=x.device)
             keep[mask.long()] = True
             mask = keep
+        if not bool(mask.any()):
+            raise ValueError(
+                "pruning every site is not supported by the minkowski backend "
+                "(MinkowskiEngine crashes on empty tensors); keep at least one site"
+            )
         out = self.ME.MinkowskiPruning()(self._me(x), mask)
         return self._wrap(x, out.F, out.coordinate_map_key)

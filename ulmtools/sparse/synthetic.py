@@ -61,7 +61,8 @@ def synthetic_movie(
             k_idx.append(np.full(t.shape, k))
         t = np.concatenate(t_idx)
         k = np.concatenate(k_idx)
-        pos = pos0[k] + direction[k] * speed[k] * (t - start[k])[:, None]
+        # pos0 is where a track is when it first shows up in the movie
+        pos = pos0[k] + direction[k] * speed[k] * (t - np.maximum(start[k], 0))[:, None]
         inside = np.all((pos >= 0) & (pos < g), axis=1)
         t, k, pos = t[inside], k[inside], pos[inside]
         pix = np.floor(pos).astype(np.int64)[:, None, :] + offs[None]  # (M, P, ds)
