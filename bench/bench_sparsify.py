@@ -81,6 +81,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames and movies")
     ap.add_argument("--movies", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        help="also count active sites on this image store (e.g. from ulm simulate --level image)",
+    )
     args = ap.parse_args()
     movies = 2 if args.quick else args.movies
     tmp = Path(tempfile.mkdtemp(prefix="bench_sparsify_"))
@@ -159,6 +166,18 @@ def main() -> None:
             label = f"mask CNN ({tcfg.epochs}x{tcfg.steps_per_epoch} steps, {train_s:.0f} s)"
             rows_sites.append((name, label, s, PAPER_2D["mask"]))
         torch.set_num_threads(1)
+
+    for path in args.image:
+        store = open_store(path, "image")
+        nd = store.grid.ndim
+        for c in [SparsifyConfig(threshold=t) for t in (0.01, 0.05, 0.10, 0.25)] + [
+            SparsifyConfig(method="topk", k=k) for k in (5_000, 50_000, 100_000)
+        ]:
+            g = zarr.open_group(str(tmp / "out.zarr"), mode="w")
+            s = sparsify_store(store, g, c).summary()
+            label = f"threshold {c.threshold:g}" if c.method == "threshold" else f"top-k {c.k}"
+            paper = PAPER_2D["threshold" if c.method == "threshold" else "topk"]
+            rows_sites.append((f"{nd}D {path.name}", label, s, paper if nd == 2 else "-"))
 
     print("\nTime per movie (CPU, 1 thread; medians)")
     print("| case | rule | ours (ms) | torch peer (ms) | ours/peer | store path (ms/movie) |")

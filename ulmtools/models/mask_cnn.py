@@ -43,35 +43,40 @@ ARCHITECTURE = "mask-cnn"
 
 
 class _SpatialConv(nn.Module):
-    """A convolution over the spatial axes of (B, C, T, *S), frames folded into the batch."""
+    """A convolution over the spatial axes of (B, C, T, *S).
+
+    2D: a Conv3d with a (1, k, k) kernel straight on (B, C, T, Z, X). 3D (no
+    Conv4d in torch): frames folded into the batch, then a Conv3d.
+    """
 
     def __init__(self, dims: int, cin: int, cout: int, kernel: int) -> None:
         super().__init__()
-        conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
-        self.conv = conv(cin, cout, kernel, padding=kernel // 2)
+        self.dims = dims
+        pad = kernel // 2
+        if dims == 2:
+            self.conv = nn.Conv3d(cin, cout, (1, kernel, kernel), padding=(0, pad, pad))
+        else:
+            self.conv = nn.Conv3d(cin, cout, kernel, padding=pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 2:
+            return self.conv(x)
         b, c, t, *s = x.shape
         y = self.conv(x.transpose(1, 2).reshape(b * t, c, *s))
         return y.reshape(b, t, -1, *s).transpose(1, 2)
 
 
 class _TemporalConv(nn.Module):
-    """A 1-d convolution over time of (B, C, T, *S), pixels folded into the batch."""
+    """A convolution over time of (B, C, T, *S): a (k, 1) Conv2d on (B, C, T, pixels)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+        self.conv = nn.Conv2d(cin, cout, (kernel, 1), stride=(stride, 1), padding=(kernel // 2, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, *s = x.shape
-        n = len(s)
-        # (B, C, T, *S) -> (B, *S, C, T) -> (B*prod(S), C, T)
-        y = x.permute(0, *range(3, 3 + n), 1, 2).reshape(-1, c, t)
-        y = self.conv(y)
-        t2 = y.shape[-1]
-        y = y.reshape(b, *s, -1, t2)
-        return y.permute(0, n + 1, n + 2, *range(1, n + 1))
+        y = self.conv(x.reshape(b, c, t, -1))
+        return y.reshape(b, y.shape[1], y.shape[2], *s)
 
 
 class _Norm(nn.Module):
