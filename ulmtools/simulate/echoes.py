@@ -199,6 +199,8 @@ def _echo_kernel(
     n_frames, n_tx, n_s, n_el = out.shape
     two_pi = 2.0 * np.pi
     n_table = len(table)
+    inv_step = 1.0 / table_step
+    dq = inv_step / fs
     # frames are independent: one thread per frame, no write conflicts
     for f in numba.prange(n_frames):
         tx = np.empty(n_tx)
@@ -233,18 +235,18 @@ def _echo_kernel(
                     k1 = min(k1, n_s - 1)
                     ph = -two_pi * fc * tau
                     carrier = a * complex(np.cos(ph), np.sin(ph))
+                    # table position of sample k0, then a fixed step per sample
+                    q = (t0 + k0 / fs - tau + half) * inv_step
                     for k in range(k0, k1 + 1):
-                        tk = t0 + k / fs
-                        q = (tk - tau + half) / table_step
                         j = int(q)
-                        if j < 0 or j >= n_table - 1:
-                            continue
-                        w = q - j
-                        env = table[j] * (1.0 - w) + table[j + 1] * w
-                        if fd != fc:
-                            pd = two_pi * (fc - fd) * tk
-                            env = env * complex(np.cos(pd), np.sin(pd))
-                        out[f, t, k, e] += carrier * env
+                        if 0 <= j < n_table - 1:
+                            w = q - j
+                            env = table[j] + (table[j + 1] - table[j]) * w
+                            if fd != fc:
+                                pd = two_pi * (fc - fd) * (t0 + k / fs)
+                                env = env * complex(np.cos(pd), np.sin(pd))
+                            out[f, t, k, e] += carrier * env
+                        q += dq
 
 
 _PULSES: dict[tuple[float, float], tuple[np.ndarray, float]] = {}

@@ -111,7 +111,12 @@ class PreparedNetwork:
 
 
 def mean_speed(radius: np.ndarray, dilation: float, cfg: FlowConfig) -> np.ndarray:
-    native_d = 2 * np.asarray(radius) / dilation
+    """Mean speed (m/s) in vessels of (undilated) ``radius``, along paths dilated by ``dilation``.
+
+    The speed law holds at native scale; stretching the paths by the dilation
+    stretches the speeds too, so transit times stay those of the native network.
+    """
+    native_d = 2 * np.asarray(radius)
     v = cfg.v_ref * (native_d / cfg.d_ref) ** cfg.exponent
     return np.minimum(v, cfg.v_max_native) * dilation
 

@@ -14,8 +14,9 @@ asymmetric bifurcation: children radii obey Murray's law
 (r^3 = r1^3 + r2^3), branch angles follow Murray's minimum-work optimum,
 each vessel runs 6-14 radii before it divides and meanders (tortuosity).
 The tree is then dilated to fill the imaging region, as the reference paper
-dilated its two-photon angiograms (x2 in 2D, x8 in 3D), positions and radii
-alike. A different ``seed`` gives a different "animal".
+dilated its two-photon angiograms (x2 in 2D, x8 in 3D): node positions are
+stretched, lumens keep their real radii (so track maps stay thin lines).
+A different ``seed`` gives a different "animal".
 """
 
 from __future__ import annotations
@@ -47,12 +48,19 @@ class VesselNetwork:
         d = self.nodes[self.edges[:, 1]] - self.nodes[self.edges[:, 0]]
         return np.sqrt((d**2).sum(axis=1))
 
-    def transformed(self, scale: float, centre: np.ndarray) -> VesselNetwork:
-        """Scale about the bounding-box centre, then move that centre to ``centre``."""
+    def transformed(
+        self, scale: float, centre: np.ndarray, *, scale_radii: bool = False
+    ) -> VesselNetwork:
+        """Scale positions about the bounding-box centre, then move it to ``centre``.
+
+        Radii keep their size unless ``scale_radii``: dilation spreads the
+        network over the field of view, the lumens stay realistic.
+        """
         lo, hi = self.nodes.min(axis=0), self.nodes.max(axis=0)
         mid = (lo + hi) / 2
         nodes = (self.nodes - mid) * scale + np.asarray(centre, dtype=np.float64)
-        return VesselNetwork(nodes, self.edges, self.radii * scale, self.flow)
+        radii = self.radii * scale if scale_radii else self.radii
+        return VesselNetwork(nodes, self.edges, radii, self.flow)
 
     def to_dict(self) -> dict[str, object]:
         return {
