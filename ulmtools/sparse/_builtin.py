@@ -39,7 +39,10 @@ def _padded(x: Tensor, fill: float = 0.0) -> Tensor:
 
 
 def _chunks(m: int, row_elems: int) -> tuple[int, list[int]]:
-    rows = max(16, _GEMM_CHUNK // max(row_elems, 1))
+    # With several threads each op is a parallel region ending in a barrier; fewer,
+    # larger chunks keep the per-thread share of a chunk about cache-sized.
+    budget = _GEMM_CHUNK * max(1, torch.get_num_threads())
+    rows = max(16, budget // max(row_elems, 1))
     return rows, list(range(0, m, rows))
 
 
