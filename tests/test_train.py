@@ -256,7 +256,7 @@ def test_train_command_writes_a_model_store(cli, data2d: Path, tmp_path: Path) -
     assert result["epochs"] == 3 and result["seed"] == 3 and 0 <= result["val_dice"] <= 1
     assert "epoch 3/3" in r.err and "ETA" in r.err
     assert not resume_path(out).exists(), "the resume state goes when the run completes"
-    model, meta = model_store.load(out)
+    _, meta = model_store.load(out)
     assert meta.name == "sparse-deepstulm" and meta.kwargs["channels"] == 8
     assert meta.kwargs["deep_supervision"] is True
     assert meta.training["complete"] and meta.training["config"]["seed"] == 3
@@ -331,3 +331,24 @@ def test_train_subprocess(data2d: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["epochs"] == 1
+
+
+@pytest.mark.minkowski
+def test_same_network_on_the_minkowski_backend(data3d: Path) -> None:
+    from ulmtools.sparse import available_backends
+
+    if "minkowski" not in available_backends():
+        pytest.skip("MinkowskiEngine is not installed (make minkowski)")
+    data = SparseMovies(data3d, need_truth=True)
+    c, f = data.movie(0)
+    torch.manual_seed(0)
+    model = SparseDeepStulm(dimension=4, channels=4, deep_supervision=True).eval()
+    maps = {}
+    for backend in ("builtin", "minkowski"):
+        with torch.no_grad():
+            out = model(model.make_input([c], [f], backend=backend))
+        coords = out.final.coords.long()
+        order = np.lexsort(coords.numpy().T[::-1])
+        maps[backend] = (coords[order], out.final.feats[order, 0])
+    assert torch.equal(maps["builtin"][0], maps["minkowski"][0])
+    assert torch.allclose(maps["builtin"][1], maps["minkowski"][1], atol=1e-5)
