@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         backends.remove("minkowski")
     cases = QUICK if ns.quick else CASES
+    load_before = os.getloadavg()
     results = []
     for name in ns.cases:
         for mode in ns.modes:
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                             file=sys.stderr,
                         )
     _print_table(results, backends)
+    load_after = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} CPUs; 1-min load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after (timings are only comparable within one run)"
+    )
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=1))
     return 0
