@@ -221,3 +221,28 @@ def test_float32_and_int64_coords() -> None:
     x = sp.sparse_tensor(coords, torch.randn(3, 2, dtype=torch.float32))
     y = sp.Conv(2, 3, 3, dimension=3).float()(x)
     assert y.dtype == torch.float32 and y.coords.dtype == torch.int32
+
+
+def test_runs_under_deterministic_algorithms() -> None:
+    """No op of the engine is refused by torch's deterministic mode."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        a, ga = _run_once(5)
+        b, gb = _run_once(5)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(ga, gb))
+
+
+def test_backend_selection_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sp.ENV_VAR, "builtin")
+    assert sp.get_backend().name == "builtin"
+    monkeypatch.setenv(sp.ENV_VAR, "nope")
+    with pytest.raises(sp.BackendUnavailableError, match="unknown sparse backend"):
+        sp.get_backend()
+    sp.set_default_backend("builtin")  # an explicit choice (e.g. --backend) beats the env
+    try:
+        assert sp.get_backend().name == "builtin"
+    finally:
+        sp.set_default_backend(None)

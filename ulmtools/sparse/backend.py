@@ -6,8 +6,9 @@ concatenation) is shared code working on ``SparseTensor.feats``.  Parameters
 live in the layers in a backend-neutral layout (kernel weights ``(K, C_in,
 C_out)``), so the same module with the same weights runs on either backend.
 
-Selection: an explicit name, else the ``ULM_SPARSE_BACKEND`` environment
-variable, else :func:`set_default_backend`, else ``builtin``.
+Selection, first match wins: an explicit name (``backend=`` on a call), the
+default set by :func:`set_default_backend` (what a CLI ``--backend`` flag
+calls), the ``ULM_SPARSE_BACKEND`` environment variable, then ``builtin``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     if name is None:
-        name = os.environ.get(ENV_VAR) or _default or "builtin"
+        name = _default or os.environ.get(ENV_VAR) or "builtin"
     name = _check_name(name)
     if name not in _instances:
         if name == "builtin":
