@@ -22,6 +22,7 @@ Tables:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -104,7 +105,8 @@ def main() -> None:
         t0 = time.perf_counter()
         write_synthetic_store(src, cfg)
         gen = time.perf_counter() - t0
-        print(f"# {name}: {movies} synthetic movies {frames}x{'x'.join(map(str, shape))} "
+        size = "x".join(map(str, shape))
+        print(f"# {name}: load {os.getloadavg()[0]:.1f}; {movies} synthetic movies {frames}x{size} "
               f"in {gen:.1f} s", file=sys.stderr)  # fmt: skip
         store = open_store(src, "image")
         movie = np.asarray(store.array("corr")[0])
@@ -179,6 +181,9 @@ def main() -> None:
             paper = PAPER_2D["threshold" if c.method == "threshold" else "topk"]
             rows_sites.append((f"{nd}D {path.name}", label, s, paper if nd == 2 else "-"))
 
+    cores = os.cpu_count()
+    print(f"# {cores} cores; load average {os.getloadavg()[0]:.1f} at the end (others' jobs "
+          "inflate the times)")  # fmt: skip
     print("\nTime per movie (CPU, 1 thread; medians)")
     print("| case | rule | ours (ms) | torch peer (ms) | ours/peer | store path (ms/movie) |")
     print("|---|---|---|---|---|---|")

@@ -192,3 +192,17 @@ def test_subprocess_smoke(img2d, tmp_path):
     )
     assert p.returncode == 2 and p.stdout == ""
     assert "needs a mask model" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_reads_what_ulm_simulate_writes(cli, tmp_path):
+    img = tmp_path / "sim.zarr"
+    r = cli("simulate", img, "--level", "image", "--frames", "32", "--seed", "3", "-q")
+    assert r.code == 0, r.err
+    out = tmp_path / "sp.zarr"
+    r = cli("sparsify", img, out, "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["kept_bubble_fraction"] is not None and result["kept_bubble_fraction"] > 0.5
+    corr = open_store(img).array("corr")[0]
+    c, f = read_movie(open_sparse(out), 0)
+    np.testing.assert_array_equal(to_dense(c, f, corr.shape), np.where(power(corr) > 0.1, corr, 0))
