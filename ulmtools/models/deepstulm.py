@@ -186,13 +186,34 @@ def project_time(coords: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor
     if spatial.shape[0] == 0:
         empty = torch.zeros((0,), dtype=torch.int64, device=coords.device)
         return spatial, values[:0], empty
-    rows, inverse = torch.unique(spatial, dim=0, sorted=True, return_inverse=True)
+    if bool((coords[:, 1] == coords[0, 1]).all()):
+        # One time index (the final output): sites are already unique in space.
+        key = _linear_key(spatial)
+        order = torch.argsort(key)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return spatial[order], values[order], inverse
+    keys, inverse = torch.unique(_linear_key(spatial), sorted=True, return_inverse=True)
+    first = torch.full((keys.numel(),), spatial.shape[0], dtype=torch.int64, device=keys.device)
+    first = first.scatter_reduce(
+        0, inverse, torch.arange(spatial.shape[0], device=keys.device), reduce="amin"
+    )
+    rows = spatial[first]
     shape = (rows.shape[0], *values.shape[1:])
     index = inverse.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     out = values.new_full(shape, float("-inf")).scatter_reduce(
         0, index, values, reduce="amax", include_self=True
     )
     return rows, out, inverse
+
+
+def _linear_key(rows: Tensor) -> Tensor:
+    """One int64 per row of non-negative integer ``rows`` (N, K), ordered like the rows."""
+    ext = rows.max(0).values + 1
+    key = rows[:, 0].clone()
+    for i in range(1, rows.shape[1]):
+        key = key * ext[i] + rows[:, i]
+    return key
 
 
 def _collapse_time(x: sp.SparseTensor) -> sp.SparseTensor:
