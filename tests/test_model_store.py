@@ -213,3 +213,10 @@ def test_load_to_cuda(tmp_path):
     ms.save(path, "test-tiny", {}, _trained_tiny().state_dict())
     model, _ = ms.load(path, device="cuda")
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_ulm_info_shows_the_architecture(cli, tmp_path):
+    path = tmp_path / "m.zarr"
+    ms.save(path, "test-tiny", {"width": 3}, _trained_tiny().state_dict())
+    r = cli("info", path)
+    assert r.code == 0 and "architecture: test-tiny(width=3)" in r.out

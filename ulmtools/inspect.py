@@ -117,6 +117,10 @@ def format_summary(s: dict[str, Any]) -> str:
     elif s.get("stats"):
         stats = ", ".join(f"{k} {v}" for k, v in s["stats"].items() if not isinstance(v, dict))
         lines.append(f"stats: {stats}")
+    arch = s.get("architecture")
+    if isinstance(arch, dict) and arch.get("name"):
+        kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
+        lines.append(f"architecture: {arch['name']}({kwargs})")
     lines.append(f"arrays ({_size(s['stored_bytes'])} stored):")
     width = max((len(a["path"]) for a in s["arrays"]), default=0)
     for a in s["arrays"]:
