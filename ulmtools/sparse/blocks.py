@@ -39,7 +39,8 @@ class ConvBnElu(nn.Module):
         super().__init__()
         self.conv = Conv(cin, cout, kernel_size, dimension=dimension)
         self.bn = BatchNorm(cout)
-        self.act = ELU() if act else None
+        # in place: the batch norm's output is used by nothing else
+        self.act = ELU(inplace=True) if act else None
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         x = self.bn(self.conv(x))
@@ -60,7 +61,7 @@ class ResidualConvs(nn.Module):
         h = x
         for layer in self.layers:
             h = layer(h)
-        return F.elu(h + (x if residual is None else residual))
+        return F.elu(h + (x if residual is None else residual), inplace=True)
 
 
 @dataclass
@@ -152,7 +153,7 @@ class DeepStULMSketch(nn.Module):
         """Input block, down and up paths and transition 1: stride (8.., 128) features."""
         h = self.inp_bn(self.inp(x))
         reps = 16 // self.in_channels + 1
-        h0 = F.elu(h + x.replace_feats(x.feats.repeat(1, reps)[:, :16]))
+        h0 = F.elu(h + x.replace_feats(x.feats.repeat(1, reps)[:, :16]), inplace=True)
         skips = [h0]
         h = h0
         for blk in self.down:
@@ -170,7 +171,7 @@ class DeepStULMSketch(nn.Module):
         """Three generative x2 levels, transition 2 and the output head."""
         maps: list[SparseTensor] = []
         for blk in self.hires:
-            g = F.elu(blk["bn"](blk["gen"](h)))
+            g = F.elu(blk["bn"](blk["gen"](h)), inplace=True)
             h = blk["convs"](g)
             cls = F.sigmoid(blk["cls"](h))
             maps.append(cls)

@@ -169,12 +169,15 @@ class BatchNorm(nn.BatchNorm1d):
 
 
 class ELU(nn.Module):
-    def __init__(self, alpha: float = 1.0) -> None:
+    """ELU; ``inplace=True`` saves activation memory when the input is not reused."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__()
         self.alpha = alpha
+        self.inplace = inplace
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return F.elu(x, self.alpha)
+        return F.elu(x, self.alpha, self.inplace)
 
 
 class ReLU(nn.Module):
