@@ -176,6 +176,7 @@ def test_sorted_fallback_matches_table(monkeypatch: pytest.MonkeyPatch) -> None:
     import ulmtools.sparse.coords as coords_mod
 
     monkeypatch.setattr(coords_mod, "DENSE_TABLE_MAX_CELLS", 0)
+    monkeypatch.setattr(coords_mod, "DENSE_TABLE_CELLS_PER_SITE", 0)
     fallback = coords_mod.neighbour_table(src, queries, offs)
     assert torch.equal(table, fallback)
     # huge sparse coordinates take the fallback path by themselves

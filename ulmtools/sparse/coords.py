@@ -43,6 +43,9 @@ __all__ = [
 #: Largest lookup table (in cells) built for neighbour search; beyond it the
 #: search falls back to sort + searchsorted, which needs only O(N) memory.
 DENSE_TABLE_MAX_CELLS = 1 << 25
+#: ... or, for large sets, this many cells per site (the table then costs about as
+#: much as the coordinates themselves).
+DENSE_TABLE_CELLS_PER_SITE = 8
 #: Rough number of int64 elements handled per chunk when building tables, so that
 #: maps for millions of sites never need gigabytes of temporaries.
 _CHUNK_ELEMS = 1 << 22
@@ -111,44 +114,37 @@ class CoordinateSet:
 
 @dataclass(eq=False)
 class KernelMap:
-    """A neighbour table ``nbr`` (N_out, K): input row per output site and offset.
+    """How output sites read input sites, for one (input set, output set, kernel).
 
-    ``nbr[j, k] == n_in`` means no input.  For an exact-tiling ("patch") transposed
-    map, ``parent`` / ``child`` hold each output site's input row and offset index
-    instead (``parent == n_in`` when the parent is missing).
+    Usually a neighbour table: ``nbr[j, a]`` is the input row that output site j
+    reads at offset ``active[a]`` (the sentinel ``n_in`` when there is none).
+    Offsets that never hit are left out -- common for time offsets once time is
+    pooled to a few slices -- which shrinks the im2col buffer and the GEMM in
+    proportion.  For an exact-tiling ("patch") transposed map, ``parent`` /
+    ``child`` hold each output site's input row and offset index instead
+    (``parent == n_in`` when the parent is missing).
     """
 
     n_in: int
     n_out: int
     kernel_volume: int
     nbr: Tensor | None = None
+    active: Tensor | None = None
     parent: Tensor | None = None
     child: Tensor | None = None
-    #: True when the map is a submanifold map with offsets symmetric about zero,
-    #: so the reverse table is ``nbr`` with its columns reversed.
+    #: True for a submanifold map whose offsets are symmetric about zero: then
+    #: reading the table backwards is reading it with the kernel flipped.
     symmetric: bool = False
-    _table: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     _rev: Tensor | None = field(default=None, repr=False)
 
     def table(self) -> tuple[Tensor, Tensor]:
-        """The table restricted to offsets that occur at least once, and their indices.
-
-        Whole empty columns are common (a time offset after time is pooled to a
-        few slices, the far corners of a 4D kernel on thin structures); dropping
-        them shrinks the im2col buffer and the GEMM in proportion.
-        """
-        if self._table is None:
-            assert self.nbr is not None
-            active = (self.nbr < self.n_in).any(0).nonzero().squeeze(1)
-            if active.numel() == self.nbr.shape[1]:
-                self._table = (self.nbr, active)
-            else:
-                self._table = (self.nbr.index_select(1, active).contiguous(), active)
-            self.nbr = None  # the restricted table replaces it; free the memory
-        return self._table
+        """The neighbour table (N_out, K_active) and the offsets its columns stand for."""
+        if self.nbr is None or self.active is None:
+            raise ValueError("this kernel map has no neighbour table (it is a patch map)")
+        return self.nbr, self.active
 
     def reverse(self) -> Tensor:
-        """``table()`` read backwards: (N_in, K_active) output row per input, sentinel N_out."""
+        """The table read backwards: (N_in, K_active) output row per input, sentinel N_out."""
         if self._rev is None:
             self._rev = _reverse_table(self.table()[0], self.n_in, self.n_out)
         return self._rev
@@ -238,7 +234,7 @@ def active_neighbour_table(
     if ka == 0:
         return out, active
     rows = max(1, _CHUNK_ELEMS // ka)
-    if radix.volume <= max(DENSE_TABLE_MAX_CELLS, 8 * n):
+    if radix.volume <= max(DENSE_TABLE_MAX_CELLS, DENSE_TABLE_CELLS_PER_SITE * n):
         table = torch.full((radix.volume,), n, dtype=idx_dtype, device=device)
         table[radix.encode(src)] = torch.arange(n, dtype=idx_dtype, device=device)
         for r0 in range(0, m, rows):
@@ -392,8 +388,9 @@ class CoordinateManager:
                 cs_in.coords.long() // unit, cs_out.coords.long() // unit, offs
             )
             symmetric = cs_in is cs_out and all(k % 2 == 1 for k in kernel_size)
-            km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], symmetric=symmetric)
-            km._table = (table, active)
+            km = KernelMap(
+                cs_in.size, cs_out.size, offs.shape[0], table, active, symmetric=symmetric
+            )
             self._maps[key] = km
             self.maps_built += 1
         return km
@@ -429,8 +426,9 @@ class CoordinateManager:
                 offs = kernel_offsets(kernel_size, dilation).to(self.device)
                 table, active = active_neighbour_table(src, dst, -offs)
                 symmetric = cs_in is cs_out and all(k % 2 == 1 for k in kernel_size)
-                km = KernelMap(cs_in.size, cs_out.size, offs.shape[0], symmetric=symmetric)
-                km._table = (table, active)
+                km = KernelMap(
+                    cs_in.size, cs_out.size, offs.shape[0], table, active, symmetric=symmetric
+                )
             self._maps[key] = km
             self.maps_built += 1
         return km
