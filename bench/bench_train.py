@@ -36,14 +36,32 @@ def make_data(tmp: Path, dim: int, frames: int, movies: int = 2) -> Path:
     img, sparse = tmp / f"img{dim}d-{frames}.zarr", tmp / f"sparse{dim}d-{frames}.zarr"
     if not sparse.exists():
         subprocess.run(
-            [ULM, "simulate", str(img), "--dim", str(dim), "--movies", str(movies),
-             "--frames", str(frames), "--level", "image", "--seed", "7", "-q"],
-            check=True, env=ENV, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                ULM,
+                "simulate",
+                str(img),
+                "--dim",
+                str(dim),
+                "--movies",
+                str(movies),
+                "--frames",
+                str(frames),
+                "--level",
+                "image",
+                "--seed",
+                "7",
+                "-q",
+            ],
+            check=True,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+        )
         subprocess.run(
             [ULM, "sparsify", str(img), str(sparse), "-q"],
-            check=True, env=ENV, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            check=True,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+        )
     return sparse
 
 
@@ -105,8 +123,11 @@ def run_child(spec: dict, timeout: float) -> dict | None:
     try:
         proc = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)],
-            capture_output=True, text=True, env=ENV, timeout=timeout,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"timeout": timeout}
     if proc.returncode != 0:
@@ -170,8 +191,14 @@ def main() -> None:
                 if be not in backends or "timeout" in (res.get("builtin") or {}):
                     res[be] = None  # not installed, or the built-in run already timed out
                     continue
-                spec = {"mode": mode, "data": str(path), "variant": variant, "backend": be,
-                        "model": model, "steps": 2 if "3D" in data_name else 3}  # fmt: skip
+                spec = {
+                    "mode": mode,
+                    "data": str(path),
+                    "variant": variant,
+                    "backend": be,
+                    "model": model,
+                    "steps": 2 if "3D" in data_name else 3,
+                }
                 res[be] = run_child(
                     spec,
                     args.timeout / 2 if variant == "plain" and "3D" in data_name else args.timeout,
@@ -192,8 +219,10 @@ def main() -> None:
             h = meta.history
             best = max((r["val_dice"] for r in h if r.get("val_dice") is not None), default=None)
             secs = sum(r["seconds"] for r in h)
-            print(f"shipped {name}: {len(h)} epochs, {secs / 60:.1f} min, validation Dice "
-                  f"{h[-1].get('val_dice')} (best {best})")  # fmt: skip
+            print(
+                f"shipped {name}: {len(h)} epochs, {secs / 60:.1f} min, validation Dice "
+                f"{h[-1].get('val_dice')} (best {best})"
+            )
 
 
 def _fmt(r: dict | None) -> tuple[str, str]:
@@ -218,8 +247,11 @@ def print_row(row, header: bool, flush: bool) -> None:
     ratio = "-"
     if b and m and "seconds" in b and "seconds" in m:
         ratio = f"{m['seconds'] / b['seconds']:.2f}"
-    print(f"{mode:6} {data:14} {variant:17} {sites or 0:9.0f} {bs:>10} {bm:>6} {ms:>12} {mm:>6} "
-          f"{ratio:>6}", flush=flush)  # fmt: skip
+    print(
+        f"{mode:6} {data:14} {variant:17} {sites or 0:9.0f} {bs:>10} {bm:>6} {ms:>12} {mm:>6} "
+        f"{ratio:>6}",
+        flush=flush,
+    )
 
 
 if __name__ == "__main__":

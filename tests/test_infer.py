@@ -131,9 +131,17 @@ def test_shipped_2d_weights_run_out_of_the_box(cli, sparse2d: Path, tmp_path: Pa
 def test_infer_subprocess(sparse2d: Path, model2d: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ulm"), "infer", str(model2d), str(sparse2d),
-         str(tmp_path / "p.zarr")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "ulm"),
+            "infer",
+            str(model2d),
+            str(sparse2d),
+            str(tmp_path / "p.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "angiogram Dice" in proc.stdout

@@ -249,8 +249,21 @@ def test_resume_reaches_the_same_result(data2d: Path, tmp_path: Path) -> None:
 
 def test_train_command_writes_a_model_store(cli, data2d: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.zarr"
-    r = cli("train", data2d, out, "--val", data2d, "--epochs", "3", "--channels", "8",
-            "--seed", "3", "--deep-supervision", "--json")  # fmt: skip
+    r = cli(
+        "train",
+        data2d,
+        out,
+        "--val",
+        data2d,
+        "--epochs",
+        "3",
+        "--channels",
+        "8",
+        "--seed",
+        "3",
+        "--deep-supervision",
+        "--json",
+    )
     assert r.code == 0, r.err
     result = json.loads(r.out)  # stdout holds only the result
     assert result["epochs"] == 3 and result["seed"] == 3 and 0 <= result["val_dice"] <= 1
@@ -311,6 +324,8 @@ def test_interrupted_command_resumes_to_the_same_model(
     assert cli("train", data2d, part, *args).code == 130
     assert resume_path(part).exists()
     monkeypatch.setattr(loop, "run_epoch", real)
+    r = cli("train", data2d, part, *args)
+    assert r.code == 4 and "--resume" in r.err  # a resumable run is not silently replaced
     assert cli("train", data2d, part, "--resume", "--lr", "1").code == 2  # contradicts
     r = cli("train", data2d, part, "--resume", "-q")
     assert r.code == 0, r.err
@@ -325,10 +340,22 @@ def test_train_subprocess(data2d: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "m.zarr"
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ulm"), "train", str(data2d), str(out), "--epochs", "1",
-         "--channels", "4", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "ulm"),
+            "train",
+            str(data2d),
+            str(out),
+            "--epochs",
+            "1",
+            "--channels",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["epochs"] == 1
 

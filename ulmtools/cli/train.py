@@ -11,7 +11,7 @@ import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
 from ulmtools.cli.options import Device, Force, InputStore, Json, OutputStore, Quiet, Seed, Verbose
-from ulmtools.errors import UsageError
+from ulmtools.errors import OutputError, UsageError
 
 
 class Arch(StrEnum):
@@ -133,7 +133,6 @@ def train(
     """
     setup(verbose=verbose, quiet=quiet)
     import numpy as np
-    import torch
 
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
@@ -157,10 +156,29 @@ def train(
     state = None
     if resume:
         state, config, stored = load_resume(model_store, torch_device)
-        _check_same(config, stored, data, schedule, epochs, batch_size, lr, channels,
-                    deep_supervision, pruning, cascade, backend.value, seed)  # fmt: skip
+        _check_same(
+            config,
+            stored,
+            data,
+            schedule,
+            epochs,
+            batch_size,
+            lr,
+            channels,
+            deep_supervision,
+            pruning,
+            cascade,
+            backend.value,
+            seed,
+        )
         log.info("resuming %s after epoch %d of %d", model_store, state.epoch, config.total_epochs)
     else:
+        if resume_path(model_store).exists() and not force:
+            raise OutputError(
+                f"an interrupted run of {model_store} can be resumed "
+                f"({resume_path(model_store)} exists)",
+                "use --resume to continue it, or --force to start over",
+            )
         check_output(model_store, force=force, inputs=inputs)
         check_output(resume_path(model_store), force=True, inputs=inputs)
         name = schedule if schedule != "auto" else f"cpu-{data.space_ndim}d"
@@ -191,9 +209,10 @@ def train(
         "fine_grid": data.fine_grid.to_attrs(),
     }
     entry = provenance_entry(
-        "train", {"config": config.to_dict(), "device": str(torch_device), "resume": resume},
+        "train",
+        {"config": config.to_dict(), "device": str(torch_device), "resume": resume},
         [data.store] + ([val_data.store] if val_data is not None else []),
-    )  # fmt: skip
+    )
     prov = lineage([data.store], entry)
     total = config.total_epochs
     write_force = [force or resume]
@@ -206,8 +225,16 @@ def train(
         complete = st.epoch >= total
         now = time.perf_counter()
         write_model = now - last_model_write[0] >= MODEL_WRITE_SECONDS
-        save_checkpoint(model_store, st, config, training=training, provenance=prov,
-                        complete=complete, force=write_force[0], write_model=write_model)  # fmt: skip
+        save_checkpoint(
+            model_store,
+            st,
+            config,
+            training=training,
+            provenance=prov,
+            complete=complete,
+            force=write_force[0],
+            write_model=write_model,
+        )
         if write_model or complete:
             write_force[0] = True
             last_model_write[0] = now
@@ -218,17 +245,29 @@ def train(
         loss = record["loss"]
         log.info(
             "epoch %d/%d: loss %s%s, %.1f s, peak %.0f MB, ETA %s",
-            st.epoch, total, f"{loss:.4f}" if loss is not None else "n/a", val_text,
-            record["seconds"], record["peak_memory_mb"], _duration(eta),
-        )  # fmt: skip
+            st.epoch,
+            total,
+            f"{loss:.4f}" if loss is not None else "n/a",
+            val_text,
+            record["seconds"],
+            record["peak_memory_mb"],
+            _duration(eta),
+        )
 
     with progress("train") as report:
 
         def per_step(done: int, steps: int, message: str = "") -> None:
             report(done, steps, f"epoch {state.epoch + 1}/{total} {message}")
 
-        state = fit(config, data, val=val_data, device=torch_device, state=state,
-                    on_epoch=on_epoch, progress=per_step)  # fmt: skip
+        state = fit(
+            config,
+            data,
+            val=val_data,
+            device=torch_device,
+            state=state,
+            on_epoch=on_epoch,
+            progress=per_step,
+        )
     last = state.history[-1] if state.history else {}
     vals = [h["val_dice"] for h in state.history if h.get("val_dice") is not None]
     result = {
@@ -249,8 +288,21 @@ def train(
     emit(result, as_json=json, text=None if json else _text(result))
 
 
-def _check_same(config, stored, data, schedule, epochs, batch_size, lr, channels,
-                deep_supervision, pruning, cascade, backend, seed) -> None:  # fmt: skip
+def _check_same(
+    config,
+    stored,
+    data,
+    schedule,
+    epochs,
+    batch_size,
+    lr,
+    channels,
+    deep_supervision,
+    pruning,
+    cascade,
+    backend,
+    seed,
+) -> None:
     """With --resume the stored configuration rules; refuse flags that contradict it."""
     if stored.get("train", {}).get("id") not in (None, data.store.id):
         raise UsageError(
@@ -289,7 +341,7 @@ def _check_same(config, stored, data, schedule, epochs, batch_size, lr, channels
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -165,14 +165,23 @@ class _MapWriter:
     def __init__(self, group: zarr.Group, space_axes: Sequence[str]) -> None:
         s = len(space_axes)
         self.coords = create_array(
-            group, "coords", shape=(0, s), dtype="int32", dims=("site", "coordinate"),
+            group,
+            "coords",
+            shape=(0, s),
+            dtype="int32",
+            dims=("site", "coordinate"),
             chunks=(ROWS_PER_CHUNK, s),
             attrs={"columns": list(space_axes), "unit": "fine-grid pixel index"},
-        )  # fmt: skip
+        )
         self.feats = create_array(
-            group, "feats", shape=(0, 1), dtype="float32", dims=("site", "channel"),
-            chunks=(ROWS_PER_CHUNK, 1), attrs={"channels": ["probability"]},
-        )  # fmt: skip
+            group,
+            "feats",
+            shape=(0, 1),
+            dtype="float32",
+            dims=("site", "channel"),
+            chunks=(ROWS_PER_CHUNK, 1),
+            attrs={"channels": ["probability"]},
+        )
         self.group = group
         self.offsets = [0]
         self._c: list[np.ndarray] = []
@@ -202,9 +211,13 @@ class _MapWriter:
         self._flush(final=True)
         offsets = np.asarray(self.offsets, dtype=np.int64)
         create_array(
-            self.group, "offsets", shape=offsets.shape, dtype="int64", dims=("movie_edge",),
+            self.group,
+            "offsets",
+            shape=offsets.shape,
+            dtype="int64",
+            dims=("movie_edge",),
             chunks=offsets.shape,
-        )[:] = offsets  # fmt: skip
+        )[:] = offsets
 
 
 def infer_store(
@@ -245,10 +258,14 @@ def infer_store(
     writer.close()
     rows = max(1, min(angiogram.shape[0], (1 << 23) // int(np.prod(angiogram.shape[1:]))))
     create_array(
-        out, "angiogram", shape=angiogram.shape, dtype="uint32", dims=data.fine_grid.axes,
+        out,
+        "angiogram",
+        shape=angiogram.shape,
+        dtype="uint32",
+        dims=data.fine_grid.axes,
         chunks=(rows, *angiogram.shape[1:]),
         attrs={"threshold": config.threshold, "meaning": "movies above threshold per pixel"},
-    )[...] = angiogram  # fmt: skip
+    )[...] = angiogram
     if data.truth is not None:
         stats.dice = dice(angiogram > 0, data.truth_angiogram())
     return stats

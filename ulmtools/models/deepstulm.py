@@ -144,9 +144,12 @@ class _Up(nn.Module):
         half = cout // 2
         self.skip_pool = sp.MaxPool(_k(dimension, skip_time_pool, 1), dimension=dimension)
         self.up = sp.ConvTranspose(
-            cin, half, kernel_size=_k(dimension, 1, 2), stride=_k(dimension, 1, 2),
+            cin,
+            half,
+            kernel_size=_k(dimension, 1, 2),
+            stride=_k(dimension, 1, 2),
             dimension=dimension,
-        )  # fmt: skip
+        )
         self.bn = sp.BatchNorm(half)
         self.act = sp.ELU()
         self.res = _Residual(cout, 3, dimension)
@@ -163,9 +166,13 @@ class _HighRes(nn.Module):
     def __init__(self, channels: int, dimension: int) -> None:
         super().__init__()
         self.up = sp.ConvTranspose(
-            channels, channels, kernel_size=_k(dimension, 1, 2), stride=_k(dimension, 1, 2),
-            generative=True, dimension=dimension,
-        )  # fmt: skip
+            channels,
+            channels,
+            kernel_size=_k(dimension, 1, 2),
+            stride=_k(dimension, 1, 2),
+            generative=True,
+            dimension=dimension,
+        )
         self.bn = sp.BatchNorm(channels)
         self.act = sp.ELU()
         self.res = _Residual(channels, 3, dimension)
