@@ -53,6 +53,7 @@ def pulse_sigma(acq: Acquisition) -> float:
 
 PULSE_TABLE_STEP = 0.25e-9  # s
 PULSE_FLOOR_DB = -40.0  # the pulse is cut where its envelope falls below this
+ELEMENT_BLOCK = 64  # elements per cache block in the echo kernel
 FREQUENCY_POWER = {2: -1.0, 3: -1.0}
 
 
@@ -204,49 +205,56 @@ def _echo_kernel(
     # frames are independent: one thread per frame, no write conflicts
     for f in numba.prange(n_frames):
         tx = np.empty(n_tx)
-        for i in range(frame_ptr[f], frame_ptr[f + 1]):
-            z, x, y = pos[i, 0], pos[i, 1], pos[i, 2]
-            for t in range(n_tx):
-                tx[t] = (u[t, 0] * z + u[t, 1] * x + u[t, 2] * y) / c - off[t]
-            for e in range(n_el):
-                dx = x - elem[e, 1]
-                dy = y - elem[e, 2] if dim == 3 else 0.0
-                dz = z - elem[e, 0]
-                r = np.sqrt(dx * dx + dy * dy + dz * dz)
-                if r <= 0:
-                    continue
-                ax = np.pi * width * (dx / r) / wavelength
-                d = np.sin(ax) / ax if abs(ax) > 1e-9 else 1.0
-                if dim == 3:
-                    ay = np.pi * height * (dy / r) / wavelength
-                    d *= np.sin(ay) / ay if abs(ay) > 1e-9 else 1.0
-                    g = d / r
-                else:
-                    g = d * (dz / r) / np.sqrt(r)
-                a = amp[i] * g
-                trx = r / c
+        tx_phase = np.empty(n_tx, dtype=np.complex128)
+        # elements in blocks, so the output columns being written stay in cache
+        for e0 in range(0, n_el, ELEMENT_BLOCK):
+            e1 = min(e0 + ELEMENT_BLOCK, n_el)
+            for i in range(frame_ptr[f], frame_ptr[f + 1]):
+                z, x, y = pos[i, 0], pos[i, 1], pos[i, 2]
                 for t in range(n_tx):
-                    tau = tx[t] + trx
-                    k0 = int(np.ceil((tau - half - t0) * fs))
-                    k1 = int(np.floor((tau + half - t0) * fs))
-                    if k1 < 0 or k0 >= n_s:
+                    tx[t] = (u[t, 0] * z + u[t, 1] * x + u[t, 2] * y) / c - off[t]
+                    ph = -two_pi * fc * tx[t]
+                    tx_phase[t] = amp[i] * complex(np.cos(ph), np.sin(ph))
+                for e in range(e0, e1):
+                    dx = x - elem[e, 1]
+                    dy = y - elem[e, 2] if dim == 3 else 0.0
+                    dz = z - elem[e, 0]
+                    r = np.sqrt(dx * dx + dy * dy + dz * dz)
+                    if r <= 0:
                         continue
-                    k0 = max(k0, 0)
-                    k1 = min(k1, n_s - 1)
-                    ph = -two_pi * fc * tau
-                    carrier = a * complex(np.cos(ph), np.sin(ph))
-                    # table position of sample k0, then a fixed step per sample
-                    q = (t0 + k0 / fs - tau + half) * inv_step
-                    for k in range(k0, k1 + 1):
-                        j = int(q)
-                        if 0 <= j < n_table - 1:
-                            w = q - j
-                            env = table[j] + (table[j + 1] - table[j]) * w
-                            if fd != fc:
-                                pd = two_pi * (fc - fd) * (t0 + k / fs)
-                                env = env * complex(np.cos(pd), np.sin(pd))
-                            out[f, t, k, e] += carrier * env
-                        q += dq
+                    ax = np.pi * width * (dx / r) / wavelength
+                    d = np.sin(ax) / ax if abs(ax) > 1e-9 else 1.0
+                    if dim == 3:
+                        ay = np.pi * height * (dy / r) / wavelength
+                        d *= np.sin(ay) / ay if abs(ay) > 1e-9 else 1.0
+                        g = d / r
+                    else:
+                        g = d * (dz / r) / np.sqrt(r)
+                    trx = r / c
+                    ph = -two_pi * fc * trx
+                    # carrier exp(-2i pi fc (tau_tx + tau_rx)) split in its two factors
+                    a = g * complex(np.cos(ph), np.sin(ph))
+                    for t in range(n_tx):
+                        tau = tx[t] + trx
+                        k0 = int(np.ceil((tau - half - t0) * fs))
+                        k1 = int(np.floor((tau + half - t0) * fs))
+                        if k1 < 0 or k0 >= n_s:
+                            continue
+                        k0 = max(k0, 0)
+                        k1 = min(k1, n_s - 1)
+                        carrier = a * tx_phase[t]
+                        # table position of sample k0, then a fixed step per sample
+                        q = (t0 + k0 / fs - tau + half) * inv_step
+                        for k in range(k0, k1 + 1):
+                            j = int(q)
+                            if 0 <= j < n_table - 1:
+                                w = q - j
+                                env = table[j] + (table[j + 1] - table[j]) * w
+                                if fd != fc:
+                                    pd = two_pi * (fc - fd) * (t0 + k / fs)
+                                    env = env * complex(np.cos(pd), np.sin(pd))
+                                out[f, t, k, e] += carrier * env
+                            q += dq
 
 
 _PULSES: dict[tuple[float, float], tuple[np.ndarray, float]] = {}
