@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def _case(dim: int, level: str, engine: str, frames: int, conc: float, seed: int
 
 
 def _run_case(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_case, args)
+    # a fresh process per case: its peak RSS is the case's own
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_case, *args).result()
 
 
 def main() -> int:
