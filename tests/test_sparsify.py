@@ -155,6 +155,28 @@ def test_topk_keeps_exactly_k_per_movie_or_all(tmp_path, k):
     assert stats.summary()["active_sites_min"] == stats.summary()["active_sites_max"] == min(k, 200)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=3, max_size=4).map(tuple),
+    k=st.integers(1, 400),
+    levels=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_topk_property(shape, k, levels, seed):
+    # few distinct levels make many ties at the k-th value
+    rng = np.random.default_rng(seed)
+    corr = (
+        rng.integers(0, levels, size=shape) * np.exp(1j * rng.uniform(0, 6, size=shape))
+    ).astype(np.complex64)
+    mask = topk_mask(corr, k)
+    assert mask.shape == corr.shape
+    assert mask.sum() == min(k, corr.size)
+    p = power(corr)
+    if 0 < mask.sum() < corr.size:
+        assert p[mask].min() >= p[~mask].max()
+    np.testing.assert_array_equal(mask, topk_mask(corr, k))  # deterministic
+
+
 def test_topk_ties_are_deterministic():
     corr = np.ones((2, 3, 3), dtype=np.complex64)
     mask = topk_mask(corr, 4)
