@@ -18,6 +18,7 @@ them.  MinkowskiEngine is skipped when not installed (``make minkowski``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -42,6 +43,7 @@ QUICK = {
 
 
 def _worker(args: argparse.Namespace) -> None:
+    """Time (or, with one backend and one step, measure the memory of) one case."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -54,27 +56,26 @@ def _worker(args: argparse.Namespace) -> None:
     coords, feats, stride = synthetic_movie(
         tuple(grid), frames, bubbles, sigma=sigma, threshold=thr, seed=1
     )
+    backends = args.backend.split(",")
     torch.manual_seed(0)
-    net = DeepStULMSketch(d, prune=args.prune)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    backend = sp.get_backend(args.backend)
+    net0 = DeepStULMSketch(d, prune=args.prune)
+    # one copy of the same initial weights per backend, each with its own optimiser
+    nets = {b: copy.deepcopy(net0) for b in backends}
+    opts = {b: torch.optim.Adam(nets[b].parameters(), lr=1e-3) for b in backends}
+    del net0
 
-    def make_input() -> sp.SparseTensor:
-        return sp.sparse_tensor(coords, feats, stride, backend=backend, check=False)
+    def make_input(b: str) -> sp.SparseTensor:
+        return sp.sparse_tensor(coords, feats, stride, backend=b, check=False)
 
-    def target_of(pred: torch.Tensor) -> torch.Tensor:
-        # A fixed pseudo-target: deterministic in the sites, independent of the weights.
-        c = pred_coords[0].double()
-        return (torch.sin(c[:, 1] * 0.37 + c[:, 2] * 0.11) > 0.6).float()
-
-    pred_coords: list[torch.Tensor] = []
-
-    def train_step() -> dict[str, float]:
+    def train_step(b: str) -> dict:
+        net, opt = nets[b], opts[b]
         t0 = time.perf_counter()
-        out = net(make_input())
+        out = net(make_input(b))
         t1 = time.perf_counter()
-        pred_coords[:] = [out.prediction.coords]
-        loss = soft_dice_loss(out.prediction.feats[:, 0], target_of(out.prediction.feats))
+        pred = out.prediction
+        c = pred.coords.double()
+        target = (torch.sin(c[:, 1] * 0.37 + c[:, 2] * 0.11) > 0.6).float()
+        loss = soft_dice_loss(pred.feats[:, 0], target)
         for m in out.level_maps:
             loss = loss + 0.1 * m.feats.mean()  # stand-in for the deep-supervision terms
         opt.zero_grad(set_to_none=True)
@@ -86,12 +87,13 @@ def _worker(args: argparse.Namespace) -> None:
             "fwd": t1 - t0,
             "bwd": t2 - t1,
             "total": t3 - t0,
-            "out_sites": out.prediction.num_sites,
+            "out_sites": pred.num_sites,
             "level_sites": [m.num_sites for m in out.level_maps],
         }
 
-    def hires_step() -> dict[str, float]:
-        x = make_input()
+    def hires_step(b: str) -> dict:
+        net = nets[b]
+        x = make_input(b)
         with torch.no_grad():
             low = net.low_res(x)
         low = low.replace_feats(low.feats.detach().requires_grad_(True))
@@ -101,68 +103,70 @@ def _worker(args: argparse.Namespace) -> None:
         loss.backward()
         return {"total": time.perf_counter() - t0}
 
-    def infer_step() -> dict[str, float]:
+    def infer_step(b: str) -> dict:
         t0 = time.perf_counter()
         with torch.no_grad():
-            net(make_input())
+            nets[b](make_input(b))
         return {"total": time.perf_counter() - t0}
 
     fn = {"train": train_step, "hires": hires_step, "infer": infer_step}[args.mode]
-    net.train(args.mode != "infer")
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runs = [fn() for _ in range(args.warmup + args.repeats)][args.warmup :]
-    result = {
-        "mode": args.mode,
-        "backend": args.backend,
-        "threads": args.threads,
-        "sites": int(coords.shape[0]),
-        "params": count_parameters(net),
-        "median_s": statistics.median(r["total"] for r in runs),
-        "min_s": min(r["total"] for r in runs),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_mb": rss0,
-    }
-    for key in ("fwd", "bwd"):
-        if key in runs[0]:
-            result[key + "_s"] = statistics.median(r[key] for r in runs)
-    for key in ("out_sites", "level_sites"):
-        if key in runs[0]:
-            result[key] = runs[0][key]
-    print(json.dumps(result))
+    for net in nets.values():
+        net.train(args.mode != "infer")
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    for i in range(args.warmup + args.repeats):
+        # alternate the order so neither backend always runs on a warmer (or busier) machine
+        for b in backends if i % 2 == 0 else reversed(backends):
+            r = fn(b)
+            if i >= args.warmup:
+                runs[b].append(r)
+    for b in backends:
+        rb = runs[b]
+        result = {
+            "mode": args.mode,
+            "backend": b,
+            "threads": args.threads,
+            "sites": int(coords.shape[0]),
+            "params": count_parameters(nets[b]),
+            "median_s": statistics.median(r["total"] for r in rb),
+            "min_s": min(r["total"] for r in rb),
+            "runs": len(rb),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        for key in ("fwd", "bwd"):
+            if key in rb[0]:
+                result[key + "_s"] = statistics.median(r[key] for r in rb)
+        for key in ("out_sites", "level_sites"):
+            if key in rb[0]:
+                result[key] = rb[0][key]
+        print(json.dumps(result))
 
 
-def _run_case(
-    name: str, case: tuple, backend: str, threads: int, mode: str, ns: argparse.Namespace
-) -> dict | None:
+def _run_worker(
+    case: tuple,
+    backends: list[str],
+    threads: int,
+    mode: str,
+    repeats: int,
+    warmup: int,
+    ns: argparse.Namespace,
+) -> list[dict]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--case",
-        json.dumps(case),
-        "--backend",
-        backend,
-        "--threads",
-        str(threads),
-        "--mode",
-        mode,
-        "--repeats",
-        str(ns.repeats),
-        "--warmup",
-        str(ns.warmup),
-    ]
+        sys.executable, __file__, "--worker", "--case", json.dumps(case),
+        "--backend", ",".join(backends), "--threads", str(threads), "--mode", mode,
+        "--repeats", str(repeats), "--warmup", str(warmup),
+    ]  # fmt: skip
     if ns.prune:
         cmd.append("--prune")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=ns.timeout)
     if proc.returncode != 0:
         print(
-            f"  {name} {backend} {threads}t {mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr
+            f"  worker {backends} {threads}t {mode} failed:\n{proc.stderr[-2000:]}", file=sys.stderr
         )
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return []
+    return [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
 
 
 def _minkowski_available() -> bool:
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", default=["builtin", "minkowski"])
     p.add_argument("--thread-counts", nargs="+", type=int, default=[1, 2])
     p.add_argument("--modes", nargs="+", default=["train", "hires", "infer"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--infer-3d", action="store_true", help="also time 3D+t inference")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument(
         "--prune", action="store_true", help="prune high-res levels by their classifiers"
@@ -207,21 +212,32 @@ def main(argv: list[str] | None = None) -> int:
         backends.remove("minkowski")
     cases = QUICK if ns.quick else CASES
     load_before = os.getloadavg()
-    results = []
+    results: list[dict] = []
+    memory: dict[tuple[str, str, str], float] = {}
     for name in ns.cases:
-        for mode in ns.modes:
+        modes = [m for m in ns.modes if m != "infer" or cases[name][0] == 3 or ns.infer_3d]
+        for mode in modes:
             for threads in ns.thread_counts:
-                for backend in backends:
-                    r = _run_case(name, cases[name], backend, threads, mode, ns)
-                    if r is not None:
-                        r["case"] = name
-                        results.append(r)
-                        print(
-                            f"  {name:5s} {mode:5s} {backend:9s} {threads}t  "
-                            f"{r['median_s']:.3f} s  "
-                            f"peak {r['peak_rss_mb']:.0f} MB",
-                            file=sys.stderr,
-                        )
+                for r in _run_worker(
+                    cases[name], backends, threads, mode, ns.repeats, ns.warmup, ns
+                ):
+                    r["case"] = name
+                    results.append(r)
+                    print(
+                        f"  {name:5s} {mode:5s} {r['backend']:9s} {threads}t  "
+                        f"{r['median_s']:.3f} s (median of {r['runs']})",
+                        file=sys.stderr,
+                    )
+            if mode == "hires":
+                continue  # its memory is part of the training step's
+            # peak memory: one step per backend in a fresh process (1 thread)
+            for b in backends:
+                for r in _run_worker(cases[name], [b], 1, mode, 1, 0, ns):
+                    memory[(name, mode, b)] = r["peak_rss_mb"]
+                    print(f"  {name:5s} {mode:5s} {b:9s} peak RSS {r['peak_rss_mb']:.0f} MB",
+                          file=sys.stderr)  # fmt: skip
+    for r in results:
+        r["peak_rss_mb"] = memory.get((r["case"], r["mode"], r["backend"]))
     _print_table(results, backends)
     load_after = os.getloadavg()
     print(
@@ -252,7 +268,7 @@ def _print_table(results: list[dict], backends: list[str]) -> None:
         seen.append(key)
         row = [by.get((*key, b)) for b in backends]
         times = [f"{x['median_s']:.3f}" if x else "-" for x in row]
-        mems = [f"{x['peak_rss_mb']:.0f}" if x else "-" for x in row]
+        mems = [f"{x['peak_rss_mb']:.0f}" if x and x.get("peak_rss_mb") else "-" for x in row]
         speed = "-"
         if len(row) == 2 and all(row):
             speed = f"{row[1]['median_s'] / row[0]['median_s']:.2f}x"

@@ -120,3 +120,24 @@ def test_transpose_default_target_is_the_ancestor() -> None:
     mid = up(low)
     assert mid.tensor_stride == (2, 2, 2, 2)
     assert mid.same_coords(sp.max_pool(x, 2))
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5, 1.1])
+def test_conv_paths_agree(fill, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All-im2col, mixed, and all-pair-list convolutions give the reference result."""
+    import ulmtools.sparse.coords as coords_mod
+
+    monkeypatch.setattr(coords_mod, "SPARSE_COLUMN_FILL", fill)
+    rng = np.random.default_rng(12)
+    coords = clustered_sites(rng, 2, (8, 8, 8, 6), n_blobs=4, radius=1)
+    feats = torch.randn(len(coords), 3, requires_grad=True)
+    for ks, st in (((3, 3, 3, 3), 1), ((2, 2, 2, 2), 2)):
+        layer = sp.Conv(3, 2, ks, st, dimension=4)
+        y = layer(sp.sparse_tensor(coords, feats))
+        ref = brute_conv(coords, feats, layer.weight, ks, (1, 1, 1, 1), y.coords)
+        torch.testing.assert_close(y.feats, ref)
+        r = torch.randn_like(ref)
+        for a, b in zip(
+            _grads(y.feats, r, feats, layer.weight), _grads(ref, r, feats, layer.weight)
+        ):
+            torch.testing.assert_close(a, b)

@@ -66,41 +66,45 @@ def _gather_mm(x: Tensor, table: Tensor, w2: Tensor) -> Tensor:
 
 
 class _TableConv(torch.autograd.Function):
-    """Sparse convolution through a neighbour table (restricted to its active offsets)."""
+    """Sparse convolution: im2col over well-filled offsets, pair lists for sparse ones."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, km: KernelMap) -> Tensor:  # type: ignore[override]
-        table, active = km.table()
-        w = weight.index_select(0, active)
+        dense, active, pairs = km.split()
         ctx.save_for_backward(x, weight)
         ctx.km = km
-        return _gather_mm(x, table, w.reshape(-1, weight.shape[2]))
+        out = _gather_mm(x, dense, weight.index_select(0, active).reshape(-1, weight.shape[2]))
+        for off, out_rows, in_rows in pairs:
+            # each output row appears once per offset: no colliding adds
+            out.index_add_(0, out_rows, x.index_select(0, in_rows) @ weight[off])
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         km: KernelMap = ctx.km
-        table, active = km.table()
+        dense, active, pairs = km.split()
         k = weight.shape[0]
+        g = g.contiguous()
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if km.symmetric:
             # Submanifold map with symmetric offsets: reading the table backwards
             # is reading it with the kernel flipped, so no reverse table is needed.
-            rev, offsets = table, (k - 1) - active
+            rev, offsets = dense, (k - 1) - active
         else:
             rev, offsets = km.reverse(), active
-        gx, gw_active = _gather_backward(
-            x,
-            g.contiguous(),
-            rev,
-            weight.index_select(0, offsets),
-            ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1],
-        )
+        gx, gw_dense = _gather_backward(x, g, rev, weight.index_select(0, offsets), need_x, need_w)
         gw = None
-        if gw_active is not None:
+        if gw_dense is not None:
             gw = weight.new_zeros(weight.shape)
-            gw.index_copy_(0, offsets, gw_active)
+            gw.index_copy_(0, offsets, gw_dense)
+        for off, out_rows, in_rows in pairs:
+            g_rows = g.index_select(0, out_rows)
+            if gx is not None:
+                gx.index_add_(0, in_rows, g_rows @ weight[off].t())
+            if gw is not None:
+                gw[off] = x.index_select(0, in_rows).t() @ g_rows
         return gx, gw, None
 
 
