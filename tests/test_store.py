@@ -190,7 +190,7 @@ def test_wrong_kind_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
         open_store(tmp_path / "a.zarr", "sparse")
     assert exc.value.exit_code == EXIT_INPUT
-    assert "is a image store; this needs a sparse store" in str(exc.value)
+    assert "is an image store; this needs a sparse store" in str(exc.value)
     assert "ulm sparsify" in str(exc.value)
 
 

@@ -223,7 +223,7 @@ def open_store(
     wanted = [kind] if isinstance(kind, str) else list(kind or [])
     if wanted and found_kind not in wanted:
         raise InputError(
-            f"{p} is a {found_kind} store; this needs a {' or '.join(wanted)} store",
+            f"{p} is {_a(found_kind)} store; this needs {_a(' or '.join(wanted))} store",
             _kind_hint(wanted),
         )
     spec = KINDS.get(found_kind)
@@ -258,6 +258,10 @@ def open_store(
     if spec.extra_check is not None:
         spec.extra_check(group, str(p))
     return store
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 _PRODUCER = {
