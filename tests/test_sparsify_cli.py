@@ -146,7 +146,7 @@ def test_wrong_input_kind_refused(cli, img2d, tmp_path):
     assert cli("sparsify", img2d, sp, "-q").code == 0
     r = cli("sparsify", sp, tmp_path / "again.zarr")
     assert r.code == 3
-    assert "is a sparse store; this needs a image store" in r.err
+    assert "is a sparse store; this needs an image store" in r.err
     assert not (tmp_path / "again.zarr").exists()
     r = cli("sparsify", tmp_path / "nope.zarr", tmp_path / "again.zarr")
     assert r.code == 3 and "no such store" in r.err

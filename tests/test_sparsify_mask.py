@@ -146,4 +146,4 @@ def test_cli_refuses_a_model_of_another_dimension_or_kind(cli, trained, tmp_path
     r = cli("sparsify", img3, tmp_path / "o.zarr", "--method", "mask", "--mask-model", other)
     assert r.code == 0, r.err  # a 3D model fits
     r = cli("sparsify", img3, tmp_path / "o2.zarr", "--method", "mask", "--mask-model", img3)
-    assert r.code == 3 and "is a image store; this needs a model store" in r.err
+    assert r.code == 3 and "is an image store; this needs a model store" in r.err
