@@ -3,9 +3,12 @@
 Convolutions are "gather -> GEMM": the cached neighbour table gathers, for every
 output site, the K input rows it reads (im2col) and one matrix product with the
 (K * C_in, C_out) weight does the rest.  The backward pass gathers too (through
-the reversed table), so no scatter-add with colliding indices is ever needed and
-results do not depend on thread scheduling.  Rows are processed in chunks to
-bound the im2col buffer, which keeps memory flat on millions of sites.
+the reversed table, or the same table with the kernel flipped for submanifold
+maps), and one gather there feeds both gradients.  Offsets that only a few sites
+use (neighbouring time slices in 2D+t) go through per-offset pair lists instead,
+where each output row is touched once per offset, so no add ever collides and
+results do not depend on thread scheduling.  Rows are processed in cache-sized
+chunks through one reused buffer, which keeps memory flat on millions of sites.
 
 Transposed convolutions whose kernel tiles the grid (kernel == stride, the
 up-sampling in U-Nets) skip tables entirely: one GEMM computes every child of

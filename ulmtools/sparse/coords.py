@@ -21,6 +21,10 @@ Kernel maps are stored as *neighbour tables*: for every output site a row of K
 input indices, the sentinel ``N_in`` marking "no input at this offset".  A table
 turns a sparse convolution into one gather (im2col) and one GEMM, and the same
 table read the other way gives a gather-only (hence deterministic) backward.
+Tables are built with vectorised lookups in a dense cell table over the
+bounding box (or sorted keys + searchsorted when the box is huge), never with a
+Python loop over sites, and cached per (input set, output set, kernel,
+dilation) in the :class:`CoordinateManager` of the forward pass.
 """
 
 from __future__ import annotations
