@@ -74,6 +74,7 @@ __all__ = [
 INTERPOLATIONS = ("nearest", "linear")
 TX_REFINE = 4  # wavelet sources per element along a linear array (pymust's choice)
 BLOCK_BYTES = 32 * 2**20  # largest copy of one thread's block of frames
+TILE = 8  # pixels per tile edge in the apply kernel's visiting order
 CACHE_SIZE = 4  # operators kept in memory (3D ones can weigh a GB or more)
 
 
@@ -275,6 +276,7 @@ class _Built:
     data: np.ndarray  # complex64 (nnz,)
     cols: np.ndarray  # int64 (K,): the matrix columns any weight touches, ascending
     offsets: np.ndarray  # int64 (K,): where each of them sits in one frame (T, S, E), C order
+    order: np.ndarray  # int64 (P,): the order the kernel visits pixels (tile by tile)
     fnumber: tuple[float, float]
     seconds: float
 
@@ -325,7 +327,10 @@ def _build(acq: Acquisition, grid: Grid, interp: str, fnumber: tuple[float, floa
     offsets = (t * acq.n_samples + smp) * acq.n_elements + e
     if len(cols) < 2**31 - 1 and indices.dtype != np.int32:
         indices = indices.astype(np.int32)
-    return _Built(indptr, indices, data, cols, offsets, (fx, fy), time.perf_counter() - start)
+    order = tile_order(grid.shape)
+    return _Built(
+        indptr, indices, data, cols, offsets, order, (fx, fy), time.perf_counter() - start
+    )
 
 
 @numba.njit(cache=True)
@@ -395,11 +400,13 @@ def _cached_build(
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _apply(indptr, indices, data, offsets, x, out, block):  # pragma: no cover - compiled
+def _apply(indptr, indices, data, offsets, order, x, out, block):  # pragma: no cover - compiled
     # x: (F, T*S*E) complex64; out: (F, P) complex64. Each thread takes a
-    # block of frames and copies the used samples into a (column, frame)
-    # layout split in real and imaginary parts, so the innermost loop over
-    # frames vectorises; then runs every sparse row over it.
+    # block of frames and copies the used samples into a (column, re/im,
+    # frame) layout, so the innermost loop over frames vectorises and one
+    # weight touches one contiguous run of memory; then it runs the sparse rows
+    # over it, visiting pixels tile by tile (``order``) so that neighbouring
+    # pixels, which use nearly the same samples, find them in cache.
     n_f = x.shape[0]
     n_cols = offsets.shape[0]
     n_pix = indptr.shape[0] - 1
@@ -407,16 +414,16 @@ def _apply(indptr, indices, data, offsets, x, out, block):  # pragma: no cover -
     for b in numba.prange(n_blocks):
         f0 = b * block
         nb = min(block, n_f - f0)
-        xr = np.zeros((n_cols, block), dtype=np.float32)
-        xi = np.zeros((n_cols, block), dtype=np.float32)
+        xb = np.zeros((n_cols, 2, block), dtype=np.float32)
         for i in range(nb):
             for k in range(n_cols):
                 v = x[f0 + i, offsets[k]]
-                xr[k, i] = v.real
-                xi[k, i] = v.imag
+                xb[k, 0, i] = v.real
+                xb[k, 1, i] = v.imag
         ar = np.empty(block, dtype=np.float32)
         ai = np.empty(block, dtype=np.float32)
-        for p in range(n_pix):
+        for q in range(n_pix):
+            p = order[q]
             ar[:] = 0.0
             ai[:] = 0.0
             for j in range(indptr[p], indptr[p + 1]):
@@ -425,12 +432,22 @@ def _apply(indptr, indices, data, offsets, x, out, block):  # pragma: no cover -
                 a = w.real
                 c = w.imag
                 for i in range(block):
-                    vr = xr[k, i]
-                    vi = xi[k, i]
+                    vr = xb[k, 0, i]
+                    vi = xb[k, 1, i]
                     ar[i] += a * vr - c * vi
                     ai[i] += a * vi + c * vr
             for i in range(nb):
                 out[f0 + i, p] = complex(ar[i], ai[i])
+
+
+def tile_order(shape: Sequence[int], tile: int = TILE) -> np.ndarray:
+    """Pixel indices (C order) visited tile by tile: (tile x ... x tile) blocks."""
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    starts = np.meshgrid(*[np.arange(0, n, tile) for n in shape], indexing="ij")
+    parts = []
+    for corner in zip(*(s.ravel() for s in starts)):
+        parts.append(idx[tuple(slice(c, c + tile) for c in corner)].ravel())
+    return np.concatenate(parts).astype(np.int64)
 
 
 class DASOperator:
@@ -489,7 +506,9 @@ class DASOperator:
     @property
     def nbytes(self) -> int:
         b = self._built
-        return b.indptr.nbytes + b.indices.nbytes + b.data.nbytes + b.cols.nbytes * 2
+        return (
+            b.indptr.nbytes + b.indices.nbytes + b.data.nbytes + b.cols.nbytes * 2 + b.order.nbytes
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -537,7 +556,7 @@ class DASOperator:
         if n_f:
             b = self._built
             blk = block or _block_size(n_f, len(b.cols))
-            _apply(b.indptr, b.indices, b.data, b.offsets, x.reshape(n_f, -1), out, blk)
+            _apply(b.indptr, b.indices, b.data, b.offsets, b.order, x.reshape(n_f, -1), out, blk)
         out = out.reshape(n_f, *self.grid.shape)
         return out[0] if single else out
 

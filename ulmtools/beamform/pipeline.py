@@ -51,7 +51,7 @@ __all__ = [
 
 DEFAULT_SIZE = {2: 32, 3: 32}
 DEFAULT_STEP_WAVELENGTHS = {2: 0.25, 3: 0.5}
-READ_BYTES = 256 * 2**20  # channel frames read at a time (plus one block prefetched)
+READ_BYTES = 128 * 2**20  # channel frames read at a time (plus one block prefetched)
 
 
 # ---------------------------------------------------------------------------
@@ -374,6 +374,26 @@ def _check_complex(arr: zarr.Array, source: Store, layout: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+def return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve buffers above ``threshold`` bytes by mmap (freed back to the OS).
+
+    glibc's default threshold grows as large blocks are freed, after which the
+    freed blocks of each movie stay in the process (one heap per thread that
+    touched them) and the resident size creeps up with the number of movies
+    although live memory does not. A fixed threshold keeps the footprint flat.
+    Returns False where this is not glibc. A process-wide choice: the CLI
+    makes it, the library functions do not.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 @dataclass
 class Timings:
     read: float = 0.0
@@ -388,24 +408,25 @@ class Timings:
         return {k: round(v, 3) for k, v in asdict(self).items()}
 
 
-def _read_blocks(arr: zarr.Array, movie: int, n_frames: int, block: int):
+def _read_blocks(pool: ThreadPoolExecutor, arr: zarr.Array, movie: int, n_frames: int, block: int):
     """Yield (f0, frames) while the next block is read in the background.
 
     At most two blocks are alive at once (the one yielded and the one being
-    read); the caller must drop its reference before asking for the next.
+    read); the caller must drop its reference before asking for the next. One
+    reader thread serves the whole run: a new thread per movie would get a
+    fresh malloc arena each time and the process would grow with the movies.
     """
 
     def read(start: int) -> np.ndarray:
         return np.asarray(arr[movie, start : start + block])
 
     starts = list(range(0, n_frames, block))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, starts[0])
-        for i, start in enumerate(starts):
-            data = pending.result()
-            pending = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
-            yield start, data
-            del data
+    pending = pool.submit(read, starts[0])
+    for i, start in enumerate(starts):
+        data = pending.result()
+        pending = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+        yield start, data
+        del data
 
 
 def _read_block_frames(arr: zarr.Array, n_frames: int) -> int:
@@ -483,10 +504,33 @@ def run(
     block = _read_block_frames(src, p.n_frames) if p.mode == "channel" else p.n_frames
     total = p.n_movies * p.n_frames
     start = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulm-read")
+    try:
+        _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    elapsed = time.perf_counter() - start
+    summary.update(
+        {
+            "movies": p.n_movies,
+            "frames": p.n_frames,
+            "grid_shape": list(grid.shape),
+            "grid_spacing": list(grid.spacing),
+            "seconds": round(elapsed, 3),
+            "frames_per_second": round(total / elapsed, 1) if elapsed > 0 else None,
+            "timings": timings.as_dict(),
+        }
+    )
+    return summary
+
+
+def _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, pool) -> None:
+    grid = p.grid
+    total = p.n_movies * p.n_frames
     for m in range(p.n_movies):
         movie = np.empty((p.n_frames, *grid.shape), dtype=np.complex64)
         t_read = time.perf_counter()
-        for f0, data in _read_blocks(src, m, p.n_frames, block):
+        for f0, data in _read_blocks(pool, src, m, p.n_frames, block):
             t = time.perf_counter()
             timings.read += t - t_read
             if op is not None:
@@ -514,16 +558,3 @@ def run(
             timings.write += time.perf_counter() - t
             del corr
         del movie
-    elapsed = time.perf_counter() - start
-    summary.update(
-        {
-            "movies": p.n_movies,
-            "frames": p.n_frames,
-            "grid_shape": list(grid.shape),
-            "grid_spacing": list(grid.spacing),
-            "seconds": round(elapsed, 3),
-            "frames_per_second": round(total / elapsed, 1) if elapsed > 0 else None,
-            "timings": timings.as_dict(),
-        }
-    )
-    return summary

@@ -104,7 +104,13 @@ def beamform(
     the clutter filter and the correlation run. Ground truth is copied through.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.beamform.pipeline import BeamformConfig, parse_clutter, plan, run
+    from ulmtools.beamform.pipeline import (
+        BeamformConfig,
+        parse_clutter,
+        plan,
+        return_large_buffers_to_os,
+        run,
+    )
 
     config = BeamformConfig(
         grid_step=grid_step,
@@ -121,6 +127,7 @@ def beamform(
     src = open_store(input, ["channel", "image"])
     work = plan(src, config)
     check_output(output, force=force, inputs=[input])
+    return_large_buffers_to_os()  # memory stays flat however many movies stream through
     entry = provenance_entry("beamform", work.parameters, [src])
     attrs = {"beamform": work.parameters}
     if "acquisition" in src.attrs:
