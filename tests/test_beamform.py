@@ -320,6 +320,25 @@ def test_das_images_a_point_where_it_is_with_a_custom_array() -> None:
     assert np.all(err < acq.wavelength / 10), err
 
 
+def test_das_with_diverging_waves_and_an_inactive_element() -> None:
+    # Not plane waves: virtual sources behind the array; one element off (NaN delay).
+    p = preset("2d")
+    pos = p.element_positions()
+    sources = np.array([[-6e-3, -2e-3, 0.0], [-6e-3, 2e-3, 0.0]])
+    delays = np.sqrt(((pos[None] - sources[:, None]) ** 2).sum(-1)) / C
+    delays -= delays.min(axis=1, keepdims=True)
+    delays[0, 40] = np.nan
+    grid = Grid(("z", "x"), (33, 33), (9.2e-3, 0.2e-3), (25e-6, 25e-6), 1000.0)
+    fs = 4 * p.center_frequency
+    t0, n = sample_window(pos, grid, fs)
+    acq = p.acquisition(sampling_frequency=fs, n_samples=n, t0=t0)
+    acq = Acquisition(**{**acq.__dict__, "transmit_delays": delays, "tilts": np.zeros((2, 2))})
+    target = np.array([9.6123e-3, 0.6071e-3])
+    img = DASOperator(acq, grid).apply(point_channel_iq(acq, target[None]))
+    err = np.abs(peak_position(img, grid) - target)
+    assert np.all(err < acq.wavelength / 10), err
+
+
 # ---------------------------------------------------------------------------
 # PSF and correlation
 # ---------------------------------------------------------------------------
