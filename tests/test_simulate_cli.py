@@ -214,3 +214,21 @@ def test_subprocess(tmp_path) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_pymust_engine_store_matches_fast(cli, tmp_path) -> None:
+    pytest.importorskip("pymust")
+    from ulmtools.beamform.das import DASOperator
+
+    a, b = tmp_path / "fast.zarr", tmp_path / "ref.zarr"
+    args = ["--movies", "1", "--frames", "2", "--seed", "8", "--concentration", "3", "-q"]
+    assert cli("simulate", a, *args).code == 0
+    assert cli("simulate", b, *args, "--engine", "pymust").code == 0
+    sa, sb = open_store(a), open_store(b)
+    assert sb.attrs["simulation"]["engine"] == "pymust"
+    assert sa.attrs["acquisition"] == sb.attrs["acquisition"]
+    op = DASOperator(Acquisition.from_attrs(sa.attrs["acquisition"]), sa.grid)
+    x, y = op.apply(sa.array("iq")[0]), op.apply(sb.array("iq")[0])
+    assert abs(np.vdot(x, y)) / (np.linalg.norm(x) * np.linalg.norm(y)) >= 0.97
+    r = cli("simulate", tmp_path / "c.zarr", *args, "--engine", "pymust", "--level", "image")
+    assert r.code == 2 and "fast" in r.err
