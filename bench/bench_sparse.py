@@ -152,6 +152,9 @@ def _run_worker(
 ) -> list[dict]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+    # Idle OpenMP threads that spin instead of sleeping turned 2-thread steps from ~1.5 s
+    # into 40+ s whenever other processes shared the cores; both engines use OpenMP.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable, __file__, "--worker", "--case", json.dumps(case),
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} CPUs; 1-min load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after (timings are only comparable within one run)"
+        f"{load_after[0]:.1f} after (timings are only comparable within one run); "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}"
     )
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=1))
