@@ -269,3 +269,22 @@ def test_image_level_matches_channel_then_das_2d(plan2d) -> None:
 @pytest.mark.slow
 def test_image_level_matches_channel_then_das_3d(plan3d) -> None:
     assert _image_vs_das(plan3d, 2) >= 0.97  # measured 0.984
+
+
+def test_memory_does_not_grow_with_movies(tmp_path) -> None:
+    import tracemalloc
+
+    import zarr
+
+    from ulmtools.simulate.run import run
+
+    peaks = []
+    for movies in (1, 4):
+        p = plan(SimulationConfig(dim=2, movies=movies, frames=256, seed=1, network_seed=1))
+        root = zarr.open_group(str(tmp_path / f"m{movies}.zarr"), mode="w")
+        tracemalloc.start()
+        run(p, root)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    one_movie_iq = 256 * 3 * p.acquisition.n_samples * 128 * 8
+    assert peaks[1] < peaks[0] + 0.5 * one_movie_iq
