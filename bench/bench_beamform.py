@@ -285,7 +285,7 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    frames = {2: 128 if args.quick else 512, 3: 8 if args.quick else 32}
+    frames = {2: 128 if args.quick else 512, 3: 8 if args.quick else 64}
     repeats = 2 if args.quick else 3
     print(f"# ulm beamform benchmark ({os.cpu_count()} cores; load {os.getloadavg()[0]:.1f})\n")
     print("## 1. DAS + compounding, frames per second, same data\n")

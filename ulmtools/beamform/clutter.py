@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 from ulmtools.errors import UsageError
 
@@ -33,16 +34,17 @@ def svd_filter(iq: np.ndarray, k: int) -> np.ndarray:
             f"and {int(np.prod(x.shape[1:]))} pixels",
             "use a smaller K in --clutter svd:K",
         )
-    c = x.reshape(n_t, -1).astype(np.complex64, copy=False)
+    c = np.ascontiguousarray(x.reshape(n_t, -1), dtype=np.complex64)
     n_t, n_p = c.shape
+    # herk fills the upper triangle of the Hermitian Gram matrix (half a gemm)
     if n_t <= n_p:
-        g = (c @ c.conj().T).astype(np.complex128)  # frames x frames
-        _, u = scipy.linalg.eigh(g, subset_by_index=[n_t - k, n_t - 1])
+        g = scipy.linalg.blas.cherk(1.0, c).astype(np.complex128)  # frames x frames
+        _, u = scipy.linalg.eigh(g, lower=False, subset_by_index=[n_t - k, n_t - 1])
         u = u.astype(np.complex64)
         filtered = c - u @ (u.conj().T @ c)
     else:
-        g = (c.conj().T @ c).astype(np.complex128)  # pixels x pixels
-        _, v = scipy.linalg.eigh(g, subset_by_index=[n_p - k, n_p - 1])
+        g = scipy.linalg.blas.cherk(1.0, c, trans=2).astype(np.complex128)  # pixels x pixels
+        _, v = scipy.linalg.eigh(g, lower=False, subset_by_index=[n_p - k, n_p - 1])
         v = v.astype(np.complex64)
         filtered = c - (c @ v) @ v.conj().T
     return filtered.reshape(x.shape).astype(np.complex64, copy=False)

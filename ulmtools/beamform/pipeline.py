@@ -51,7 +51,7 @@ __all__ = [
 
 DEFAULT_SIZE = {2: 32, 3: 32}
 DEFAULT_STEP_WAVELENGTHS = {2: 0.25, 3: 0.5}
-READ_BYTES = 128 * 2**20  # channel frames read at a time (plus one block prefetched)
+READ_BYTES = 256 * 2**20  # channel frames read at a time (plus one block prefetched)
 
 
 # ---------------------------------------------------------------------------
@@ -430,10 +430,17 @@ def _read_blocks(pool: ThreadPoolExecutor, arr: zarr.Array, movie: int, n_frames
 
 
 def _read_block_frames(arr: zarr.Array, n_frames: int) -> int:
+    """Frames per read: about READ_BYTES, whole input chunks when possible, and
+    at least 32 per compute thread (the DAS kernel's block) unless that would
+    double the budget."""
     frame_bytes = int(np.prod(arr.shape[2:])) * arr.dtype.itemsize
-    n = max(1, min(n_frames, READ_BYTES // max(frame_bytes, 1)))
+    n = max(1, READ_BYTES // max(frame_bytes, 1))
+    want = 32 * numba.get_num_threads()
+    if n < want and want * frame_bytes <= 2 * READ_BYTES:
+        n = want
+    n = min(n, n_frames)
     chunk = int(arr.chunks[1])
-    if n >= chunk:
+    if n >= chunk and n < n_frames:
         n = n // chunk * chunk  # whole input chunks
     return n
 
