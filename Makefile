@@ -5,6 +5,7 @@
 #   make test-all  every test, slow ones included
 #   make lint      ruff check + format check
 #   make bench     benchmarks, printed as tables
+#   make weights   retrain the small pretrained models shipped in ulmtools/weights (~15 min, CPU)
 #
 # On a GPU server, install a CUDA build of torch instead of the CPU one:
 #   make install TORCH_SPEC='torch>=2.4'
@@ -16,7 +17,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format bench demo clean minkowski
+.PHONY: install test test-all lint format bench demo clean minkowski weights
 
 install: $(STAMP)
 
@@ -43,6 +44,9 @@ format: install
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+weights: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/make-weights.sh
 
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh

@@ -33,7 +33,7 @@ ulm simulate "$WORK/val3d-img.zarr" --dim 3 --movies 2 --frames 32 --concentrati
 ulm sparsify "$WORK/train3d-img.zarr" "$WORK/train3d.zarr" -q -f
 ulm sparsify "$WORK/val3d-img.zarr" "$WORK/val3d.zarr" -q -f
 ulm train "$WORK/train3d.zarr" "$OUT/deepstulm-3d.zarr" --val "$WORK/val3d.zarr" \
-    --schedule cpu-3d --epochs 8 --channels 8 --pruning --seed 0 --device cpu --force
+    --schedule cpu-3d --epochs 40 --channels 8 --pruning --seed 0 --device cpu --force
 
 ulm info "$OUT/deepstulm-2d.zarr" >&2
 ulm info "$OUT/deepstulm-3d.zarr" >&2

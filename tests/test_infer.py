@@ -119,13 +119,16 @@ def test_refuses_models_it_cannot_read(cli, sparse2d: Path, model2d: Path, tmp_p
     assert cli("infer", model2d, sparse2d, out).code == 4  # exists
 
 
-@pytest.mark.skipif(
-    not (WEIGHTS_DIR / SHIPPED["2d"]).exists(), reason="shipped weights not built (make weights)"
-)
-def test_shipped_2d_weights_run_out_of_the_box(cli, sparse2d: Path, tmp_path: Path) -> None:
-    r = cli("infer", "shipped:2d", sparse2d, tmp_path / "p.zarr", "--json")
+@pytest.mark.parametrize("name", ["2d", "3d"])
+def test_shipped_weights_run_out_of_the_box(name: str, cli, sparse2d: Path, tmp_path) -> None:
+    if not (WEIGHTS_DIR / SHIPPED[name]).exists():
+        pytest.skip("shipped weights not built (make weights)")
+    data = sparse2d
+    if name == "3d":
+        data = make_sparse(tmp_path / "s3.zarr", (6, 6, 6), frames=16, movies=1)
+    r = cli("infer", f"shipped:{name}", data, tmp_path / "p.zarr", "--json")
     assert r.code == 0, r.err
-    assert json.loads(r.out)["movies"] == 3
+    assert json.loads(r.out)["movies"] == (3 if name == "2d" else 1)
 
 
 def test_infer_subprocess(sparse2d: Path, model2d: Path, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 ``shipped:2d`` and ``shipped:3d`` name the small pretrained Sparse Deep-stULM
 models under ``ulmtools/weights/`` (made by ``make weights``; see
-``scripts/make_weights.py``).
+``scripts/make-weights.sh`` and ``ulmtools/weights/README.md``).
 """
 
 from __future__ import annotations
