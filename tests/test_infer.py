@@ -148,3 +148,17 @@ def test_infer_subprocess(sparse2d: Path, model2d: Path, tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     assert "angiogram Dice" in proc.stdout
+
+
+def test_store_without_truth_and_bad_coordinates(cli, model2d: Path, tmp_path: Path) -> None:
+    bare = make_sparse(tmp_path / "bare.zarr", (4, 4), frames=8, movies=1, truth=False)
+    r = cli("infer", model2d, bare, tmp_path / "p.zarr", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dice"] is None
+    assert not open_store(tmp_path / "p.zarr", "prediction").has_truth
+    import zarr
+
+    g = zarr.open_group(str(bare), mode="r+")
+    g["coords"][0] = [0, 99, 0]  # outside the 4x4 grid
+    r = cli("infer", model2d, bare, tmp_path / "q.zarr")
+    assert r.code == 3 and "outside" in r.err and not (tmp_path / "q.zarr").exists()

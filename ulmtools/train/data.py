@@ -59,7 +59,20 @@ class SparseMovies:
                 f"{self.store.path}: coords have {coords.shape[1]} columns; "
                 f"expected {1 + self.space_ndim} (t, z, x[, y])"
             )
+        feats = self.store.array("feats")
+        if feats.ndim != 2 or feats.shape[1] != 2:
+            raise InputError(
+                f"{self.store.path}: feats have shape {feats.shape}; the networks take "
+                "2 channels (real, imaginary correlation)"
+            )
         self.offsets = np.asarray(self.store.array("offsets")[:], dtype=np.int64)
+        if len(self.offsets) < 1 or self.offsets[0] != 0 or (np.diff(self.offsets) < 0).any():
+            raise InputError(f"{self.store.path}: offsets must start at 0 and never decrease")
+        if int(self.offsets[-1]) != coords.shape[0]:
+            raise InputError(
+                f"{self.store.path}: offsets end at {self.offsets[-1]} but coords has "
+                f"{coords.shape[0]} rows"
+            )
         self.n = n_movies(self.store)
         self.fine_grid = self.grid.refined(FACTOR)
         self.truth: Truth | None = Truth(self.store) if self.store.has_truth else None
@@ -105,16 +118,19 @@ class SparseMovies:
         """Movie ``m``'s pixel coordinates (n, 1 + S) = (t, *space) and features (n, 2)."""
         a, b = int(self.offsets[m]), int(self.offsets[m + 1])
         if self._all is not None:
-            return self._all[0][a:b], self._all[1][a:b]
-        if a == b:
-            return (
-                np.zeros((0, 1 + self.space_ndim), np.int32),
-                np.zeros((0, 2), np.float32),
+            coords, feats = self._all[0][a:b], self._all[1][a:b]
+        elif a == b:
+            coords = np.zeros((0, 1 + self.space_ndim), np.int32)
+            feats = np.zeros((0, 2), np.float32)
+        else:
+            coords = np.asarray(self.store.array("coords")[a:b], dtype=np.int32)
+            feats = np.asarray(self.store.array("feats")[a:b], dtype=np.float32)
+        if len(coords) and (coords.min() < 0 or (coords.max(0) >= np.asarray(self.shape)).any()):
+            raise InputError(
+                f"{self.store.path}: movie {m} has coordinates outside its (t, *space) shape "
+                f"{self.shape}"
             )
-        return (
-            np.asarray(self.store.array("coords")[a:b], dtype=np.int32),
-            np.asarray(self.store.array("feats")[a:b], dtype=np.float32),
-        )
+        return coords, feats
 
     def target(self, m: int, dilation: int = 0) -> np.ndarray:
         """Movie ``m``'s track projection on the x8 grid (bool), dilated by ``dilation``."""
