@@ -379,3 +379,17 @@ def test_same_network_on_the_minkowski_backend(data3d: Path) -> None:
         maps[backend] = (coords[order], out.final.feats[order, 0])
     assert torch.equal(maps["builtin"][0], maps["minkowski"][0])
     assert torch.allclose(maps["builtin"][1], maps["minkowski"][1], atol=1e-5)
+
+
+def test_train_mask_cnn_for_sparsify(cli, data2d: Path, tmp_path: Path) -> None:
+    img = data2d.with_name(data2d.name + ".img.zarr")
+    out = tmp_path / "mask.zarr"
+    r = cli("train", img, out, "--arch", "mask-cnn", "--epochs", "1", "--seed", "2", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["architecture"] == "mask-cnn"
+    _, meta = model_store.load(out)
+    assert meta.name == "mask-cnn" and meta.training["config"]["seed"] == 2
+    sparse = tmp_path / "s.zarr"
+    assert cli("sparsify", img, sparse, "--method", "mask", "--mask-model", out).code == 0
+    r = cli("train", img, tmp_path / "x.zarr", "--arch", "mask-cnn", "--pruning")
+    assert r.code == 2 and "does not apply" in r.err

@@ -16,6 +16,7 @@ from ulmtools.errors import OutputError, UsageError
 
 class Arch(StrEnum):
     sparse_deepstulm = "sparse-deepstulm"
+    mask_cnn = "mask-cnn"
 
 
 class Backend(StrEnum):
@@ -34,7 +35,12 @@ def train(
     model_store: OutputStore,
     arch: Annotated[
         Arch,
-        typer.Option("--arch", help="Network architecture.", case_sensitive=False),
+        typer.Option(
+            "--arch",
+            help="sparse-deepstulm (TRAIN: a sparse store), or mask-cnn, the learned "
+            "dense-to-sparse mask of ulm sparsify (TRAIN: an image store with corr and truth).",
+            case_sensitive=False,
+        ),
     ] = Arch.sparse_deepstulm,
     val: Annotated[
         Path | None,
@@ -121,7 +127,7 @@ def train(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train a network on a sparse store with ground truth; write a model store.
+    """Train a network on a store with ground truth; write a model store.
 
     The loss is the soft Dice between the predicted map on the x8 grid and the truth's
     track projection (dilated by 2 pixels in the schedule's first phase); Adam. After
@@ -133,6 +139,28 @@ def train(
     """
     setup(verbose=verbose, quiet=quiet)
     import numpy as np
+
+    if arch is Arch.mask_cnn:
+        given = {
+            "--val": val is not None,
+            "--schedule": schedule != "auto",
+            "--deep-supervision": deep_supervision,
+            "--pruning": pruning,
+            "--cascade": cascade,
+            "--resume": resume,
+            "--backend": backend is not Backend.builtin,
+        }
+        unused = [flag for flag, on in given.items() if on]
+        if unused:
+            raise UsageError(
+                f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+                "--arch mask-cnn",
+                "it takes --epochs, --batch-size, --lr, --channels, --seed and --device",
+            )
+        _train_mask_cnn(
+            train_store, model_store, epochs, batch_size, lr, channels, seed, device, force, json
+        )
+        return
 
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
@@ -286,6 +314,72 @@ def train(
         "seed": config.seed,
     }
     emit(result, as_json=json, text=None if json else _text(result))
+
+
+def _train_mask_cnn(
+    train_store, model_store, epochs, batch_size, lr, channels, seed, device, force, as_json
+) -> None:
+    """``--arch mask-cnn``: train the learned mask of ``ulm sparsify --method mask``."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ulmtools.device import resolve_device
+    from ulmtools.models.mask_cnn import MaskTrainConfig, train_mask_cnn
+    from ulmtools.models.store import save_model
+    from ulmtools.store import check_output, lineage, open_store, provenance_entry
+
+    src = open_store(train_store, "image")
+    check_output(model_store, force=force, inputs=[train_store])
+    torch_device = resolve_device(device)
+    config = MaskTrainConfig()
+    overrides = {"epochs": epochs, "batch": batch_size, "lr": lr, "channels": channels}
+    for name, value in overrides.items():
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise UsageError(f"--{name.replace('batch', 'batch-size')} must be positive")
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(
+        config, seed=int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed
+    )
+    start = time.perf_counter()
+    with progress("train mask-cnn") as report:
+        model, history = train_mask_cnn(src, config, device=torch_device, progress=report)
+    entry = provenance_entry(
+        "train",
+        {"arch": "mask-cnn", "config": config.to_dict(), "device": str(torch_device)},
+        [src],
+    )
+    save_model(
+        model_store,
+        model,
+        training={
+            "config": config.to_dict(),
+            "complete": True,
+            "device": str(torch_device),
+            "train": src.describe(),
+        },
+        history=history,
+        provenance=lineage([src], entry),
+        force=force,
+        inputs=[train_store],
+    )
+    last = history[-1] if history else {}
+    result = {
+        "output": str(model_store),
+        "architecture": "mask-cnn",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": config.epochs,
+        "loss": last.get("loss"),
+        "dice": last.get("dice"),
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(torch_device),
+        "seed": config.seed,
+    }
+    text = (
+        f"{model_store}: mask-cnn ({result['parameters']} parameters), {config.epochs} epochs "
+        f"on {torch_device}; final loss {result['loss']:.4f}, training Dice {result['dice']:.4f}"
+    )
+    emit(result, as_json=as_json, text=None if as_json else text)
 
 
 def _check_same(
