@@ -330,3 +330,18 @@ def test_resolve_grid_keeps_stored_grid_centre() -> None:
     centre = lambda gr: [o + (n - 1) / 2 * s for o, n, s in zip(gr.origin, gr.shape, gr.spacing)]  # noqa: E731
     assert np.allclose(centre(g), centre(grid)) and g.shape == (16, 16)
     assert resolve_grid(acq, grid) == grid
+
+
+def test_chain_from_ulm_simulate(tmp_path: Path, cli) -> None:
+    sim = tmp_path / "sim.zarr"
+    made = cli("simulate", sim, "--movies", "1", "--frames", "8", "--seed", "3", "-q")
+    assert made.code == 0, made.err
+    out = tmp_path / "img.zarr"
+    result = cli("beamform", sim, out, "--json", "-q")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    store = open_store(out)
+    assert store.array("corr").shape == (1, 8, 32, 32) and data["truth"] is True
+    assert store.attrs["beamform"]["psf_model"] == "ulmtools.simulate.echoes.point_echoes"
+    assert [e["stage"] for e in store.provenance] == ["simulate", "beamform"]
+    assert np.abs(store.array("corr")[...]).max() > 0.9  # bubbles match the PSF
