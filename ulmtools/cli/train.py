@@ -200,6 +200,11 @@ def train(
             seed,
         )
         log.info("resuming %s after epoch %d of %d", model_store, state.epoch, config.total_epochs)
+        if stored.get("val") and val is None:
+            log.warning(
+                "the interrupted run validated on %s; give --val to keep doing so",
+                stored["val"].get("path"),
+            )
     else:
         if resume_path(model_store).exists() and not force:
             raise OutputError(
@@ -242,6 +247,11 @@ def train(
         [data.store] + ([val_data.store] if val_data is not None else []),
     )
     prov = lineage([data.store], entry)
+    if resume:
+        from ulmtools.models.store import info as model_info
+
+        # keep the interrupted run's own record: its command line and inputs
+        prov = [*model_info(resume_path(model_store)).provenance, entry]
     total = config.total_epochs
     write_force = [force or resume]
     last_model_write = [time.perf_counter()]
