@@ -289,6 +289,16 @@ def test_das_operator_is_cached_per_geometry(monkeypatch) -> None:
     assert DASOperator(acq, other).from_cache  # the frame rate does not change the matrix
 
 
+def test_das_cache_is_bounded(monkeypatch) -> None:
+    acq, grid = acquisition_2d()
+    das_mod.clear_cache()
+    monkeypatch.setattr(das_mod, "CACHE_BYTES", 1)  # room for the newest only
+    DASOperator(acq, grid)
+    DASOperator(acq, grid, fnumber=0.0)
+    assert len(das_mod._CACHE) == 1
+    assert not DASOperator(acq, grid).from_cache
+
+
 def test_das_refuses_wrong_shapes() -> None:
     acq, grid = acquisition_2d()
     op = DASOperator(acq, grid)

@@ -75,7 +75,8 @@ INTERPOLATIONS = ("nearest", "linear")
 TX_REFINE = 4  # wavelet sources per element along a linear array (pymust's choice)
 BLOCK_BYTES = 32 * 2**20  # largest copy of one thread's block of frames
 TILE = 8  # pixels per tile edge in the apply kernel's visiting order
-CACHE_SIZE = 4  # operators kept in memory (3D ones can weigh a GB or more)
+CACHE_SIZE = 4  # operators kept in memory at most...
+CACHE_BYTES = 3 * 2**30  # ...and within this many bytes (a 3D one weighs 1-2 GB)
 
 
 # ---------------------------------------------------------------------------
@@ -372,6 +373,10 @@ _CACHE: OrderedDict[str, _Built] = OrderedDict()
 _LOCK = threading.Lock()
 
 
+def _nbytes(b: _Built) -> int:
+    return sum(a.nbytes for a in (b.indptr, b.indices, b.data, b.cols, b.offsets, b.order))
+
+
 def clear_cache() -> None:
     """Forget every cached DAS matrix."""
     with _LOCK:
@@ -389,7 +394,9 @@ def _cached_build(
     built = _build(acq, grid, interp, fn)
     with _LOCK:
         _CACHE[key] = built
-        while len(_CACHE) > CACHE_SIZE:
+        while len(_CACHE) > CACHE_SIZE or (
+            len(_CACHE) > 1 and sum(_nbytes(v) for v in _CACHE.values()) > CACHE_BYTES
+        ):
             _CACHE.popitem(last=False)
     return built, False
 
@@ -505,10 +512,7 @@ class DASOperator:
 
     @property
     def nbytes(self) -> int:
-        b = self._built
-        return (
-            b.indptr.nbytes + b.indices.nbytes + b.data.nbytes + b.cols.nbytes * 2 + b.order.nbytes
-        )
+        return _nbytes(self._built)
 
     def describe(self) -> dict[str, Any]:
         return {
