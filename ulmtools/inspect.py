@@ -115,7 +115,11 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("kind") == "sparse" and _sparsity(s.get("stats")):
         lines.append(f"sparsity: {_sparsity(s['stats'])}")
     elif s.get("stats"):
-        stats = ", ".join(f"{k} {v}" for k, v in s["stats"].items() if not isinstance(v, dict))
+        stats = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in s["stats"].items()
+            if not isinstance(v, dict)
+        )
         lines.append(f"stats: {stats}")
     arch = s.get("architecture")
     if isinstance(arch, dict) and arch.get("name"):
