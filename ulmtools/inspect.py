@@ -87,6 +87,10 @@ def _sparsity(st: Any) -> str | None:
     return text
 
 
+def _number(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable form of :func:`summarize`."""
     lines = [f"{s['path']}: {s['kind']} store, version {s['version']}, id {s['id']}"]
@@ -116,7 +120,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"sparsity: {_sparsity(s['stats'])}")
     elif s.get("stats"):
         stats = ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            f"{k} {_number(v)}" if isinstance(v, float) else f"{k} {v}"
             for k, v in s["stats"].items()
             if not isinstance(v, dict)
         )
