@@ -5,6 +5,8 @@
 #   make test-all  every test, slow ones included
 #   make lint      ruff check + format check
 #   make bench     benchmarks, printed as tables
+#   make minkowski build and install the optional MinkowskiEngine 0.5.4 backend (~8 min once;
+#                  the wheel is cached in ~/.cache/ulmtools/wheels)
 #   make weights   retrain the small pretrained models shipped in ulmtools/weights (~15 min, CPU)
 #
 # On a GPU server, install a CUDA build of torch instead of the CPU one:
@@ -44,6 +46,9 @@ format: install
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+minkowski: install
+	bash scripts/build-minkowski.sh $(VENV)
 
 weights: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/make-weights.sh
