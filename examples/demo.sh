@@ -22,6 +22,9 @@ step "sparsify: keep the active sites (threshold 0.10 on |corr|^2, and top-k)"
 ulm sparsify "$out/train_img.zarr" "$out/train_sparse.zarr" -f
 ulm sparsify "$out/test_img.zarr" "$out/test_sparse.zarr" -f
 ulm sparsify "$out/test_img.zarr" "$out/test_topk.zarr" --method topk --k 20000 -f --json
+# the learned dense-to-sparse: a small Mask CNN trained on the training images' truth
+ulm train "$out/train_img.zarr" "$out/mask.zarr" --arch mask-cnn --epochs 2 --seed 0 -f
+ulm sparsify "$out/test_img.zarr" "$out/test_masked.zarr" --method mask --mask-model "$out/mask.zarr" -f
 
 step "train: a narrow Sparse Deep-stULM for a few epochs (a CPU demo, not a real model)"
 ulm train "$out/train_sparse.zarr" "$out/model.zarr" --val "$out/test_sparse.zarr" \

@@ -22,8 +22,8 @@ class Method(StrEnum):
 
 
 MASK_HINT = (
-    "make one with 'ulm train --arch mask-cnn' (coming with the training command) or the "
-    "library function ulmtools.models.mask_cnn.train_mask_cnn, then give --mask-model MODEL.zarr"
+    "make one with 'ulm train IMAGE.zarr MASK.zarr --arch mask-cnn', "
+    "then give --mask-model MASK.zarr"
 )
 
 
