@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -36,7 +37,10 @@ def import_minkowski() -> Any:
     # Two competing BLAS thread pools (OpenBLAS's and torch's) made it 3x slower here.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        import MinkowskiEngine as ME  # type: ignore[import-not-found]
+        with warnings.catch_warnings():
+            # a CPU-only build says so on every import; that is expected here
+            warnings.filterwarnings("ignore", message=".*compiled with CPU_ONLY.*")
+            import MinkowskiEngine as ME  # type: ignore[import-not-found]
     except ImportError as err:
         raise BackendUnavailableError(
             f"the minkowski sparse backend needs MinkowskiEngine, which is not importable ({err})",
