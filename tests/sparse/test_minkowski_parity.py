@@ -5,8 +5,6 @@ Skipped (with the reason) when MinkowskiEngine is not installed: ``make minkowsk
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -198,25 +196,6 @@ def test_empty_input_is_refused_cleanly() -> None:
         sp.sparse_tensor(
             torch.zeros((0, 4), dtype=torch.int32), torch.zeros(0, 2), backend="minkowski"
         )
-
-
-def test_missing_backend_error_mentions_make_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not a parity test, but only meaningful where the backend is importable."""
-    import builtins
-
-    import ulmtools.sparse._minkowski as mk
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "MinkowskiEngine":
-            raise ImportError("No module named 'MinkowskiEngine'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(sp.BackendUnavailableError, match="make minkowski"):
-        mk.import_minkowski()
-    assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
 
 
 @pytest.mark.parametrize("d,grid,frames", [(3, (8, 8), 64), (4, (4, 4, 4), 32)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,22 @@ def test_backend_selection_order(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sp.get_backend().name == "builtin"
     finally:
         sp.set_default_backend(None)
+
+
+def test_missing_backend_error_mentions_make_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for MinkowskiEngine where it is missing says how to get it."""
+    import builtins
+
+    import ulmtools.sparse._minkowski as mk
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "MinkowskiEngine":
+            raise ImportError("No module named 'MinkowskiEngine'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(sp.BackendUnavailableError, match="make minkowski"):
+        mk.import_minkowski()
+    assert "OPENBLAS_NUM_THREADS" in os.environ  # set (to 1 unless the user chose)
