@@ -30,10 +30,9 @@ import zarr
 from ulmtools.errors import InputError, UsageError
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.sites import SiteWriter
 from ulmtools.store import create_array
 from ulmtools.train.data import SparseMovies
-
-ROWS_PER_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -159,67 +158,6 @@ class InferStats:
         }
 
 
-class _MapWriter:
-    """Appends per-movie sparse maps in whole chunks and writes offsets at the end."""
-
-    def __init__(self, group: zarr.Group, space_axes: Sequence[str]) -> None:
-        s = len(space_axes)
-        self.coords = create_array(
-            group,
-            "coords",
-            shape=(0, s),
-            dtype="int32",
-            dims=("site", "coordinate"),
-            chunks=(ROWS_PER_CHUNK, s),
-            attrs={"columns": list(space_axes), "unit": "fine-grid pixel index"},
-        )
-        self.feats = create_array(
-            group,
-            "feats",
-            shape=(0, 1),
-            dtype="float32",
-            dims=("site", "channel"),
-            chunks=(ROWS_PER_CHUNK, 1),
-            attrs={"channels": ["probability"]},
-        )
-        self.group = group
-        self.offsets = [0]
-        self._c: list[np.ndarray] = []
-        self._f: list[np.ndarray] = []
-        self._n = 0
-
-    def write(self, coords: np.ndarray, prob: np.ndarray) -> None:
-        self.offsets.append(self.offsets[-1] + len(coords))
-        if len(coords):
-            self._c.append(coords.astype(np.int32))
-            self._f.append(prob.astype(np.float32).reshape(-1, 1))
-            self._n += len(coords)
-        if self._n >= ROWS_PER_CHUNK:
-            self._flush(final=False)
-
-    def _flush(self, *, final: bool) -> None:
-        if not self._n:
-            return
-        c, f = np.concatenate(self._c), np.concatenate(self._f)
-        n = len(c) if final else (len(c) // ROWS_PER_CHUNK) * ROWS_PER_CHUNK
-        if n:
-            self.coords.append(c[:n], axis=0)
-            self.feats.append(f[:n], axis=0)
-        self._c, self._f, self._n = [c[n:]], [f[n:]], len(c) - n
-
-    def close(self) -> None:
-        self._flush(final=True)
-        offsets = np.asarray(self.offsets, dtype=np.int64)
-        create_array(
-            self.group,
-            "offsets",
-            shape=offsets.shape,
-            dtype="int64",
-            dims=("movie_edge",),
-            chunks=offsets.shape,
-        )[:] = offsets
-
-
 def infer_store(
     model: SparseDeepStulm,
     data: SparseMovies,
@@ -237,7 +175,7 @@ def infer_store(
             f"the model is for {model.dimension - 1}D+t data but the input is {data.space_ndim}D+t",
             "use a model trained on data of the same dimension",
         )
-    writer = _MapWriter(out, data.fine_grid.axes)
+    writer = SiteWriter(out, data.fine_grid.axes, ("probability",), unit="fine-grid pixel index")
     angiogram = np.zeros(data.fine_grid.shape, dtype=np.uint32)
     stats = InferStats(movies=len(data))
     progress(0, len(data), "")
@@ -250,7 +188,7 @@ def infer_store(
         for (c_in, _), (c, p) in zip(inputs, maps):
             accumulate(angiogram, c, p, config.threshold)
             keep = p >= config.min_probability
-            writer.write(c[keep], p[keep])
+            writer.write_movie(c[keep], p[keep])
             stats.input_sites.append(len(c_in))
             stats.output_sites.append(len(c))
             stats.seconds.append(per)
