@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
-from ulmtools.cli.options import Device, Force, InputStore, Json, OutputStore, Quiet, Verbose
-
-
-class Backend(StrEnum):
-    builtin = "builtin"
-    minkowski = "minkowski"
+from ulmtools.cli.options import (
+    Backend,
+    Device,
+    Force,
+    InputStore,
+    Json,
+    OutputStore,
+    Quiet,
+    SparseBackend,
+    Verbose,
+)
 
 
 def infer(
@@ -44,10 +48,7 @@ def infer(
         ),
     ] = 0.01,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Movies per forward pass.")] = 1,
-    backend: Annotated[
-        Backend,
-        typer.Option("--backend", help="Sparse engine backend.", case_sensitive=False),
-    ] = Backend.builtin,
+    backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     force: Force = False,
     json: Json = False,

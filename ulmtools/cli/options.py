@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -44,4 +45,22 @@ InputStore = Annotated[
 ]
 OutputStore = Annotated[
     Path, typer.Argument(help="Output store to create (a .zarr directory).", show_default=False)
+]
+
+
+class Backend(StrEnum):
+    """The sparse-convolution engines (see ulmtools.sparse)."""
+
+    builtin = "builtin"
+    minkowski = "minkowski"
+
+
+SparseBackend = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="Sparse engine backend: builtin (pure PyTorch) or minkowski "
+        "(MinkowskiEngine, built with 'make minkowski').",
+        case_sensitive=False,
+    ),
 ]

@@ -10,18 +10,24 @@ from typing import Annotated, Any
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
-from ulmtools.cli.options import Device, Force, InputStore, Json, OutputStore, Quiet, Seed, Verbose
+from ulmtools.cli.options import (
+    Backend,
+    Device,
+    Force,
+    InputStore,
+    Json,
+    OutputStore,
+    Quiet,
+    Seed,
+    SparseBackend,
+    Verbose,
+)
 from ulmtools.errors import OutputError, UsageError
 
 
 class Arch(StrEnum):
     sparse_deepstulm = "sparse-deepstulm"
     mask_cnn = "mask-cnn"
-
-
-class Backend(StrEnum):
-    builtin = "builtin"
-    minkowski = "minkowski"
 
 
 #: The model store is rewritten at most this often during a run (and at its end);
@@ -109,10 +115,7 @@ def train(
             "coarse to fine, before the schedule (implies the classifiers).",
         ),
     ] = False,
-    backend: Annotated[
-        Backend,
-        typer.Option("--backend", help="Sparse engine backend.", case_sensitive=False),
-    ] = Backend.builtin,
+    backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     seed: Seed = None,
     resume: Annotated[
