@@ -389,7 +389,7 @@ def _train_mask_cnn(
         "seed": config.seed,
     }
     text = (
-        f"{model_store}: mask-cnn ({result['parameters']} parameters), {config.epochs} epochs "
+        f"{model_store}: mask-cnn ({result['parameters']} parameters), {_epochs(config.epochs)} "
         f"on {torch_device}; final loss {result['loss']:.4f}, training Dice {result['dice']:.4f}"
     )
     emit(result, as_json=as_json, text=None if as_json else text)
@@ -454,11 +454,15 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _text(r: dict[str, Any]) -> str:
     val = f", validation Dice {r['val_dice']:.4f}" if r["val_dice"] is not None else ""
     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "n/a"
     return (
         f"{r['output']}: {r['architecture']} ({r['parameters']} parameters, "
-        f"{r['dimension'] - 1}D+t), {r['epochs']} epochs of {r['schedule']} on {r['device']}\n"
+        f"{r['dimension'] - 1}D+t), {_epochs(r['epochs'])} of {r['schedule']} on {r['device']}\n"
         f"final loss {loss}{val}; {r['seconds']:.1f} s, peak memory {r['peak_memory_mb']:.0f} MB"
     )
