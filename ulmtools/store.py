@@ -44,7 +44,7 @@ import numpy as np
 import zarr
 
 from ulmtools import __version__
-from ulmtools.errors import InputError, OutputError
+from ulmtools.errors import InputError, OutputError, UsageError
 from ulmtools.grid import Grid, axes_metadata
 
 # ---------------------------------------------------------------------------
@@ -298,9 +298,26 @@ def check_output(
     its parent directory is missing or not writable.
     """
     out = Path(path)
+    if str(path) == "-":
+        raise UsageError(
+            "'-' is not an output store: stores are directories, not stdout",
+            "give a path such as out.zarr (results go to stdout anyway; use --json for them)",
+        )
+    where = out.resolve()
     for inp in inputs:
-        if Path(inp).resolve() == out.resolve():
+        src = Path(inp).resolve()
+        if src == where:
             raise OutputError(f"the output {out} is also an input", "write to another path")
+        if where.is_relative_to(src):
+            raise OutputError(
+                f"the output {out} is inside the input {inp}; writing there would change it",
+                "write outside the input store",
+            )
+        if src.is_relative_to(where):
+            raise OutputError(
+                f"the input {inp} is inside the output {out}; replacing it would destroy it",
+                "write to another path",
+            )
     if out.exists() or out.is_symlink():
         if not force:
             raise OutputError(f"{out} exists", "use --force to overwrite it")

@@ -109,7 +109,7 @@ def infer(
             axes=tuple(data.fine_grid.axes),
             attrs=attrs,
             force=force,
-            inputs=[input],
+            inputs=[input, *model_inputs],
         ) as out,
         progress("infer") as report,
     ):

@@ -139,7 +139,9 @@ def simulate(
         workers=workers,
     )
     config = validate(config)  # refuse bad values before touching the output
-    check_output(output, force=force)
+    # a network file is an input: never write over it or into its directory
+    inputs = [vessels] if vessels not in ("tree", "random") else []
+    check_output(output, force=force, inputs=inputs)
     work = plan(config)
     params = work.parameters
     acq = work.acquisition
@@ -169,6 +171,7 @@ def simulate(
         axes=axes,
         attrs=attrs,
         force=force,
+        inputs=inputs,
     ) as root:
         with progress("simulate") as report:
             summary = run(work, root, progress=report, log=log.info)

@@ -89,7 +89,8 @@ def sparsify(
     src = open_store(input, "image")
     grid, shape = check_image_store(src)
     config = config.resolved(grid.ndim)
-    check_output(output, force=force, inputs=[input])
+    inputs = [input] + ([mask_model] if mask_model is not None else [])
+    check_output(output, force=force, inputs=inputs)
 
     predictor = None
     model_ref = None
@@ -134,7 +135,7 @@ def sparsify(
             axes=("movie", "t", *space),
             attrs=attrs,
             force=force,
-            inputs=[input],
+            inputs=inputs,
         ) as out,
         progress("sparsify") as report,
     ):

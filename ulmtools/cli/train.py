@@ -186,6 +186,9 @@ def train(
 
     state = None
     if resume:
+        # the model store and its resume state are rewritten: neither may hold an input
+        check_output(model_store, force=True, inputs=inputs)
+        check_output(resume_path(model_store), force=True, inputs=inputs)
         state, config, stored = load_resume(model_store, torch_device)
         _check_same(
             config,
@@ -275,6 +278,7 @@ def train(
             complete=complete,
             force=write_force[0],
             write_model=write_model,
+            inputs=inputs,
         )
         if write_model or complete:
             write_force[0] = True

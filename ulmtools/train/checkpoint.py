@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def save_checkpoint(
     complete: bool,
     force: bool,
     write_model: bool = True,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
     """Write the model store (and, unless complete, the resume store) for ``state``.
 
@@ -115,6 +117,7 @@ def save_checkpoint(
             provenance=provenance,
             attrs={"resume": {"epoch": state.epoch, "param_groups": groups, "index": index}},
             force=True,
+            inputs=inputs,
         )
     if not (write_model or complete):
         return
@@ -128,6 +131,7 @@ def save_checkpoint(
         provenance=provenance,
         attrs={"parameters": state.model.num_parameters()},
         force=force,
+        inputs=inputs,
     )
     if complete:
         shutil.rmtree(resume_path(model_path), ignore_errors=True)

@@ -1,0 +1,142 @@
+"""Bad inputs and faults are refused cleanly: the documented code, one line, nothing damaged.
+
+Every case runs a stage the way a user would and checks three things: the exit code
+(2 usage, 3 bad input, 4 output problem), exactly one line on stderr with no
+traceback, and that no input changed and no temporary (``.NAME.partial-*``) is left.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_beamform import acquisition_2d, make_channel_store
+from tests.test_train import make_sparse
+from ulmtools.models import store as model_store
+from ulmtools.models.deepstulm import SparseDeepStulm
+from ulmtools.models.mask_cnn import MaskCNN
+from ulmtools.sparsify.synthetic import SyntheticConfig, write_synthetic_store
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """One small store of each kind the stages read; tests copy before they damage one."""
+    d = tmp_path_factory.mktemp("stores")
+    acq, grid = acquisition_2d()
+    make_channel_store(d / "ch.zarr", acq, grid, n_movies=1, n_frames=4)
+    write_synthetic_store(
+        d / "img.zarr", SyntheticConfig(movies=2, frames=12, shape=(8, 8), seed=3)
+    )
+    make_sparse(d / "sp.zarr", (8, 8), frames=8, movies=2)
+    torch.manual_seed(0)
+    model_store.save_model(d / "model.zarr", SparseDeepStulm(dimension=3, channels=4))
+    model_store.save_model(d / "mask.zarr", MaskCNN(spatial_dims=2, channels=2, blocks=1))
+    return {p.stem: p for p in d.iterdir() if p.suffix == ".zarr" and "." not in p.stem}
+
+
+def copy(store: Path, tmp_path: Path, name: str | None = None) -> Path:
+    dst = tmp_path / (name or store.name)
+    shutil.copytree(store, dst)
+    return dst
+
+
+def leftovers(*dirs: Path) -> list[str]:
+    return [
+        p.name for d in dirs for p in d.rglob("*") if ".partial-" in p.name or ".old-" in p.name
+    ]
+
+
+def refused(r, code: int, *words: str) -> None:
+    """Exit ``code``, one line on stderr naming ``words``, no traceback, nothing on stdout."""
+    assert r.code == code, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    for w in words:
+        assert w in r.err, (w, r.err)
+    assert r.out == ""
+
+
+# ---------------------------------------------------------------------------
+# 1. An output inside (or equal to, or around) an input is refused
+# ---------------------------------------------------------------------------
+
+
+def nested_cases(s: dict[str, Path], t: Path) -> list[tuple[list[str], Path]]:
+    ch, img, sp, model, mask = (t / s[k].name for k in ("ch", "img", "sp", "model", "mask"))
+    return [
+        (["beamform", ch, ch / "out.zarr"], ch),
+        (["beamform", ch, ch, "--force"], ch),
+        (["beamform", ch / "iq", t / "x.zarr"], ch),  # not a store: refused as input
+        (["sparsify", img, img / "out.zarr"], img),
+        (["sparsify", img, img / "corr" / "o.zarr"], img),
+        (["sparsify", img, mask, "--method", "mask", "--mask-model", mask, "--force"], mask),
+        (["sparsify", img, mask / "o.zarr", "--method", "mask", "--mask-model", mask], mask),
+        (["train", sp, sp / "m.zarr", "--epochs", "1"], sp),
+        (["train", sp, t / "v.zarr", "--val", t / "v.zarr", "--force", "--epochs", "1"], sp),
+        (["train", img, img / "m.zarr", "--arch", "mask-cnn", "--epochs", "1"], img),
+        (["infer", model, sp, model / "weights" / "p.zarr"], model),
+        (["infer", model, sp, sp / "p.zarr"], sp),
+        (["infer", model, sp, model, "--force"], model),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_output_inside_an_input_is_refused(case, cli, stores, tmp_path, digest) -> None:
+    for s in stores.values():
+        copy(s, tmp_path)
+    shutil.copytree(tmp_path / "sp.zarr", tmp_path / "v.zarr")
+    args, victim = nested_cases(stores, tmp_path)[case]
+    before = digest(victim)
+    r = cli(*args)
+    if case == 2:
+        refused(r, 3, "iq")
+    else:
+        refused(r, 4, "input")
+    assert digest(victim) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_output_around_an_input_is_refused(cli, stores, tmp_path, digest) -> None:
+    outer = tmp_path / "outer.zarr"
+    outer.mkdir()
+    (outer / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    img = copy(stores["img"], outer)
+    before = digest(outer)
+    refused(cli("sparsify", img, outer, "--force"), 4, "inside the output")
+    assert digest(outer) == before
+
+
+def test_train_resume_into_its_input_is_refused(cli, stores, tmp_path, digest) -> None:
+    sp = copy(stores["sp"], tmp_path)
+    before = digest(sp)
+    refused(cli("train", sp, sp / "m.zarr", "--resume"), 4, "inside the input")
+    assert digest(sp) == before
+
+
+def test_simulate_over_its_network_file_is_refused(cli, tmp_path, digest) -> None:
+    net = tmp_path / "net.json"
+    net.write_text(json.dumps({"nodes": [[0.0, 0.0, 0.0], [1e-3, 0.0, 0.0]], "edges": [[0, 1]],
+                               "radii": [1e-5]}))  # fmt: skip
+    before = digest(net)
+    refused(cli("simulate", net, "--vessels", net, "--force", "--frames", "2"), 4, "input")
+    assert digest(net) == before
+
+
+def test_dash_is_not_an_output(cli, stores, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    refused(cli("sparsify", stores["img"], "-"), 2, "'-'")
+    refused(cli("simulate", "-", "--frames", "2"), 2, "'-'")
+    assert not (tmp_path / "-").exists()
