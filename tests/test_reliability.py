@@ -140,3 +140,28 @@ def test_dash_is_not_an_output(cli, stores, tmp_path, monkeypatch) -> None:
     refused(cli("sparsify", stores["img"], "-"), 2, "'-'")
     refused(cli("simulate", "-", "--frames", "2"), 2, "'-'")
     assert not (tmp_path / "-").exists()
+
+
+# ---------------------------------------------------------------------------
+# 2. The text summary never crashes, and is made before the output appears
+# ---------------------------------------------------------------------------
+
+
+def test_topk_text_summary(cli, stores, tmp_path) -> None:
+    out = tmp_path / "top.zarr"
+    r = cli("sparsify", stores["img"], out, "--method", "topk", "--k", "100")
+    assert r.code == 0, r.err
+    assert "top 100 per movie" in r.out and out.is_dir()
+
+
+def test_a_summary_failure_leaves_no_output(cli, stores, tmp_path, monkeypatch) -> None:
+    from ulmtools.cli import sparsify as sparsify_cmd
+
+    def broken(result):
+        raise RuntimeError("summary broke")
+
+    monkeypatch.setattr(sparsify_cmd, "_text", broken)
+    out = tmp_path / "s.zarr"
+    r = cli("sparsify", stores["img"], out)
+    assert r.code == 1 and "summary broke" in r.err
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -146,16 +146,17 @@ def beamform(
             summary = run(work, root, progress=report, log=log.info)
         summary["truth"] = copy_truth(src, root)
         root.attrs["beamform"] = {**work.parameters, "result": summary}
-    result = {"output": str(output), "input": str(input), "mode": work.mode, **summary}
-    das = summary.get("das", {})
-    text = (
-        f"{output}: {work.n_movies} movie(s) x {work.n_frames} frames on a "
-        f"{'x'.join(map(str, work.grid.shape))} grid "
-        f"({', '.join(f'{s * 1e6:.1f} um' for s in work.grid.spacing)}), "
-        f"{summary['frames_per_second']} frames/s"
-        + (f", DAS {das['nnz']:,} weights" if das else ", input already beamformed")
-        + (f", clutter svd:{work.clutter}" if work.clutter else "")
-        + (f", PSF {'x'.join(map(str, summary['psf_shape']))}" if work.correlate else "")
-        + (", truth copied" if summary["truth"] else "")
-    )
+        # made before the rename: a failure here leaves no finished output behind an error
+        result = {"output": str(output), "input": str(input), "mode": work.mode, **summary}
+        das = summary.get("das", {})
+        text = (
+            f"{output}: {work.n_movies} movie(s) x {work.n_frames} frames on a "
+            f"{'x'.join(map(str, work.grid.shape))} grid "
+            f"({', '.join(f'{s * 1e6:.1f} um' for s in work.grid.spacing)}), "
+            f"{summary['frames_per_second']} frames/s"
+            + (f", DAS {das['nnz']:,} weights" if das else ", input already beamformed")
+            + (f", clutter svd:{work.clutter}" if work.clutter else "")
+            + (f", PSF {'x'.join(map(str, summary['psf_shape']))}" if work.correlate else "")
+            + (", truth copied" if summary["truth"] else "")
+        )
     emit(result, as_json=json, text=text)

@@ -119,16 +119,18 @@ def infer(
         if stats.dice is not None:
             out.attrs["dice"] = stats.dice
         copy_truth(data.store, out)
-    elapsed = time.perf_counter() - start
+        # made before the rename: a failure here leaves no finished output behind an error
+        elapsed = time.perf_counter() - start
+        result: dict[str, Any] = {
+            "output": str(output),
+            "model": str(model),
+            **summary,
+            "seconds": round(elapsed, 3),
+            "device": str(torch_device),
+        }
+        text = None if json else _text(result)
     log.debug("infer took %.2f s", elapsed)
-    result: dict[str, Any] = {
-        "output": str(output),
-        "model": str(model),
-        **summary,
-        "seconds": round(elapsed, 3),
-        "device": str(torch_device),
-    }
-    emit(result, as_json=json, text=None if json else _text(result))
+    emit(result, as_json=json, text=text)
 
 
 def _text(r: dict[str, Any]) -> str:

@@ -176,11 +176,12 @@ def simulate(
         with progress("simulate") as report:
             summary = run(work, root, progress=report, log=log.info)
         root.attrs["simulation"] = {**params, "result": summary}
-    result = {"output": str(output), "kind": kind, "seed": params["seed"], **summary}
-    text = (
-        f"{output}: {summary['movies']} movie(s) x {summary['frames']} frames, "
-        f"{kind} store ({work.config.engine}), {params['dim']}D, "
-        f"mean {summary['mean_bubbles_in_fov']} bubbles in the field of view "
-        f"(asked {params['concentration']}), {summary['seconds']} s, seed {params['seed']}"
-    )
+        # made before the rename: a failure here leaves no finished output behind an error
+        result = {"output": str(output), "kind": kind, "seed": params["seed"], **summary}
+        text = (
+            f"{output}: {summary['movies']} movie(s) x {summary['frames']} frames, "
+            f"{kind} store ({work.config.engine}), {params['dim']}D, "
+            f"mean {summary['mean_bubbles_in_fov']} bubbles in the field of view "
+            f"(asked {params['concentration']}), {summary['seconds']} s, seed {params['seed']}"
+        )
     emit(result, as_json=json, text=text)

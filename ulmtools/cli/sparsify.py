@@ -146,18 +146,22 @@ def sparsify(
             from ulmtools.truth import copy_truth
 
             copy_truth(src, out)
-    elapsed = time.perf_counter() - start
+        # the summary is made before the output is renamed into place: a failure here
+        # leaves no finished output behind an error
+        elapsed = time.perf_counter() - start
+        result = {"output": str(output), **summary, "seconds": round(elapsed, 3)}
+        text = None if json else _text(result)
     log.debug("sparsify took %.2f s", elapsed)
-    result = {"output": str(output), **summary, "seconds": round(elapsed, 3)}
-    emit(result, as_json=json, text=None if json else _text(result))
+    emit(result, as_json=json, text=text)
 
 
 def _text(r: dict) -> str:
-    rule = {
-        "threshold": f"threshold {r['threshold']:g} on abs(corr)^2",
-        "topk": f"top {r['k']} per movie",
-        "mask": f"mask model, probability cutoff {r['threshold']:g}",
-    }[r["method"]]
+    if r["method"] == "topk":
+        rule = f"top {r['k']} per movie"
+    elif r["method"] == "mask":
+        rule = f"mask model, probability cutoff {r['threshold']:g}"
+    else:
+        rule = f"threshold {r['threshold']:g} on abs(corr)^2"
     lines = [
         f"{r['output']}: {r['movies']} movies, {rule}",
         f"active sites per movie: mean {r['active_sites_mean']:.0f}, min {r['active_sites_min']}, "

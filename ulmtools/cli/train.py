@@ -366,20 +366,7 @@ def _train_mask_cnn(
         {"arch": "mask-cnn", "config": config.to_dict(), "device": str(torch_device)},
         [src],
     )
-    save_model(
-        model_store,
-        model,
-        training={
-            "config": config.to_dict(),
-            "complete": True,
-            "device": str(torch_device),
-            "train": src.describe(),
-        },
-        history=history,
-        provenance=lineage([src], entry),
-        force=force,
-        inputs=[train_store],
-    )
+    # the summary is made before the model is written: a failure in it leaves no model
     last = history[-1] if history else {}
     result = {
         "output": str(model_store),
@@ -394,9 +381,28 @@ def _train_mask_cnn(
     }
     text = (
         f"{model_store}: mask-cnn ({result['parameters']} parameters), {_epochs(config.epochs)} "
-        f"on {torch_device}; final loss {result['loss']:.4f}, training Dice {result['dice']:.4f}"
+        f"on {torch_device}; final loss {_num(result['loss'])}, "
+        f"training Dice {_num(result['dice'])}"
+    )
+    save_model(
+        model_store,
+        model,
+        training={
+            "config": config.to_dict(),
+            "complete": True,
+            "device": str(torch_device),
+            "train": src.describe(),
+        },
+        history=history,
+        provenance=lineage([src], entry),
+        force=force,
+        inputs=[train_store],
     )
     emit(result, as_json=as_json, text=None if as_json else text)
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "n/a"
 
 
 def _check_same(
