@@ -11,8 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 from tests.test_beamform import acquisition_2d, make_channel_store
 from tests.test_train import make_sparse
@@ -59,10 +61,11 @@ def leftovers(*dirs: Path) -> list[str]:
 
 
 def refused(r, code: int, *words: str) -> None:
-    """Exit ``code``, one line on stderr naming ``words``, no traceback, nothing on stdout."""
+    """Exit ``code``, one error line on stderr naming ``words``, no traceback, empty stdout."""
     assert r.code == code, (r.code, r.err)
-    lines = r.err.strip().splitlines()
-    assert len(lines) == 1, r.err
+    lines = r.err.strip().splitlines()  # informational log lines may come before it
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.err
     assert "Traceback" not in r.err and "internal error" not in r.err, r.err
     for w in words:
         assert w in r.err, (w, r.err)
@@ -165,3 +168,94 @@ def test_a_summary_failure_leaves_no_output(cli, stores, tmp_path, monkeypatch) 
     r = cli("sparsify", stores["img"], out)
     assert r.code == 1 and "summary broke" in r.err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# 3. Non-finite data and options
+# ---------------------------------------------------------------------------
+
+
+def poke(store: Path, array: str, index, value) -> None:
+    """Write ``value`` at ``index`` of ``store/array`` in place (a damaged copy)."""
+    arr = zarr.open_array(str(store / array), mode="r+")
+    arr[index] = value
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_beamform_refuses_non_finite_channel_iq(value, cli, stores, tmp_path, digest) -> None:
+    ch = copy(stores["ch"], tmp_path)
+    poke(ch, "iq", (0, 2, 0, 3, 1), value)
+    before = digest(ch)
+    out = tmp_path / "img.zarr"
+    refused(cli("beamform", ch, out, "--psf-model", "analytic"), 3, "iq", "movie 0, frame 2")
+    assert not out.exists() and leftovers(tmp_path) == [] and digest(ch) == before
+
+
+@pytest.mark.parametrize("value", [np.nan, complex(np.inf, 0)])
+def test_sparsify_refuses_non_finite_corr(value, cli, stores, tmp_path) -> None:
+    img = copy(stores["img"], tmp_path)
+    poke(img, "corr", (1, 5, 2, 2), value)
+    out = tmp_path / "s.zarr"
+    for extra in ([], ["--method", "topk", "--k", "10"], ["--json"]):
+        refused(cli("sparsify", img, out, *extra), 3, "corr", "movie 1, frame 5")
+        assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_train_and_infer_refuse_non_finite_feats(cli, stores, tmp_path) -> None:
+    sp = copy(stores["sp"], tmp_path)
+    n = zarr.open_array(str(sp / "feats"), mode="r").shape[0]
+    poke(sp, "feats", (n - 1, 0), np.nan)
+    out = tmp_path / "m.zarr"
+    refused(cli("train", sp, out, "--epochs", "1"), 3, "feats", "movie 1")
+    assert not out.exists() and not (tmp_path / "m.resume.zarr").exists()
+    poke(sp, "feats", (n - 1, 0), np.inf)
+    refused(cli("infer", stores["model"], sp, tmp_path / "p.zarr"), 3, "feats", "non-finite")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "p.zarr").exists()
+
+
+def test_complex_feats_and_float_coords_are_refused(cli, stores, tmp_path) -> None:
+    sp = copy(stores["sp"], tmp_path)
+    feats = zarr.open_array(str(sp / "feats"), mode="r")[:]
+    g = zarr.open_group(str(sp), mode="r+")
+    del g["feats"]
+    g.create_array("feats", data=feats.astype(np.complex64))
+    refused(cli("train", sp, tmp_path / "m.zarr", "--epochs", "1"), 3, "feats", "complex64")
+    sp2 = copy(stores["sp"], tmp_path, "sp2.zarr")
+    coords = zarr.open_array(str(sp2 / "coords"), mode="r")[:]
+    g = zarr.open_group(str(sp2), mode="r+")
+    del g["coords"]
+    g.create_array("coords", data=coords.astype(np.float32) + 0.25)
+    refused(cli("infer", stores["model"], sp2, tmp_path / "p.zarr"), 3, "coords", "float32")
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("arch", ["sparse-deepstulm", "mask-cnn"])
+def test_non_finite_lr_is_a_usage_error(lr, arch, cli, stores, tmp_path) -> None:
+    src = stores["sp"] if arch == "sparse-deepstulm" else stores["img"]
+    out = tmp_path / "m.zarr"
+    refused(cli("train", src, out, "--arch", arch, "--lr", lr, "--epochs", "1"), 2, "--lr")
+    assert not out.exists()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(
+    cli, stores, tmp_path, monkeypatch
+) -> None:
+    from ulmtools.train import loop
+    from ulmtools.train.checkpoint import load_resume
+
+    real = loop.sparse_dice_loss
+    calls = {"n": 0}
+
+    def loss_turns_nan(*a, **kw):
+        calls["n"] += 1
+        value = real(*a, **kw)
+        return value * float("nan") if calls["n"] > 2 else value  # 2 movies, batch 1
+
+    monkeypatch.setattr(loop, "sparse_dice_loss", loss_turns_nan)
+    out = tmp_path / "m.zarr"
+    args = ("train", stores["sp"], out, "--epochs", "3", "--batch-size", "1", "--seed", "1")
+    refused(cli(*args), 3, "diverged", "epoch 2", "after epoch 1")
+    state, _, _ = load_resume(out)
+    assert state.epoch == 1
+    assert all(torch.isfinite(p).all() for p in state.model.parameters())
+    assert leftovers(tmp_path) == []

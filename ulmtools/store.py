@@ -280,6 +280,36 @@ def _kind_hint(wanted: Sequence[str]) -> str:
     return f"make one with {' or '.join(makers)}" if makers else "check the input path"
 
 
+def check_finite(
+    data: np.ndarray, what: str, *, movie: int | None = None, first_frame: int = 0
+) -> None:
+    """Refuse NaN or infinite values in ``data`` (a movie, or a block of its frames).
+
+    ``what`` names the array (``STORE/ARRAY``); with ``movie`` the message names
+    the movie and the first bad frame (axis 0 of ``data`` is frames from ``first_frame``).
+    A single sum finds finite data fast; only a non-finite sum (or an overflow) looks closer.
+    """
+    a = np.asarray(data)
+    if a.size == 0 or a.dtype.kind not in "fc":
+        return
+    with np.errstate(all="ignore"):
+        if np.isfinite(a.sum()):
+            return
+    bad = ~np.isfinite(a)
+    if not bad.any():  # the sum overflowed; every value is finite
+        return
+    where = ""
+    if movie is not None:
+        where = f" in movie {movie}"
+        if a.ndim > 1:
+            frame = first_frame + int(np.flatnonzero(bad.reshape(len(a), -1).any(axis=1))[0])
+            where += f", frame {frame}"
+    raise InputError(
+        f"{what} holds {int(bad.sum())} non-finite (NaN or infinite) value(s){where}",
+        "repair or drop the bad data and rerun",
+    )
+
+
 # ---------------------------------------------------------------------------
 # Writing stores atomically
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ulmtools.beamform.das import DASOperator
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import SPACE_AXES, Grid
 from ulmtools.progress import ProgressCallback, no_progress
-from ulmtools.store import Store, create_array, default_chunks
+from ulmtools.store import Store, check_finite, create_array, default_chunks
 
 __all__ = [
     "BeamformConfig",
@@ -467,6 +467,7 @@ def run(
         t = time.perf_counter()
         if p.psf_source == "input":
             psf = np.asarray(p.source.array("psf")[...]).astype(np.complex64)
+            check_finite(psf, f"{p.source.path}/psf")
             if psf.ndim != grid.ndim or any(n % 2 == 0 for n in psf.shape):
                 raise InputError(
                     f"{p.source.path}/psf has shape {psf.shape}; a {grid.ndim}D PSF of odd "
@@ -540,6 +541,7 @@ def _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, poo
         for f0, data in _read_blocks(pool, src, m, p.n_frames, block):
             t = time.perf_counter()
             timings.read += t - t_read
+            check_finite(data, f"{p.source.path}/iq", movie=m, first_frame=f0)
             if op is not None:
                 movie[f0 : f0 + len(data)] = op.apply(data)
             else:

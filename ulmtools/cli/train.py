@@ -345,15 +345,21 @@ def _train_mask_cnn(
     from ulmtools.models.mask_cnn import MaskTrainConfig, train_mask_cnn
     from ulmtools.models.store import save_model
     from ulmtools.store import check_output, lineage, open_store, provenance_entry
+    from ulmtools.train.config import check_channels, check_epochs, check_lr
 
-    src = open_store(train_store, "image")
-    check_output(model_store, force=force, inputs=[train_store])
-    torch_device = resolve_device(device)
-    config = MaskTrainConfig()
     overrides = {"epochs": epochs, "batch": batch_size, "lr": lr, "channels": channels}
     for name, value in overrides.items():
         if value is not None and (not isinstance(value, (int, float)) or value <= 0):
             raise UsageError(f"--{name.replace('batch', 'batch-size')} must be positive")
+    if epochs is not None:
+        check_epochs(epochs)
+    if lr is not None:
+        check_lr(lr)
+    check_channels(channels, even=False)
+    src = open_store(train_store, "image")
+    check_output(model_store, force=force, inputs=[train_store])
+    torch_device = resolve_device(device)
+    config = MaskTrainConfig()
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config = replace(
         config, seed=int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from ulmtools.errors import InputError
 from ulmtools.models.store import register_architecture
 from ulmtools.progress import ProgressCallback, no_progress
-from ulmtools.store import Store, open_store
+from ulmtools.store import Store, check_finite, open_store
 
 ARCHITECTURE = "mask-cnn"
 
@@ -354,7 +354,9 @@ def train_mask_cnn(
                 cache.pop(next(iter(cache)))
             target = np.zeros(int(np.prod(full)), dtype=np.float32)
             target[sites[m]] = 1
-            cache[m] = (np.asarray(corr[m]), target.reshape(full))
+            movie = np.asarray(corr[m])
+            check_finite(movie, f"{store.path}/corr", movie=m)
+            cache[m] = (movie, target.reshape(full))
         movie, target = cache[m]
         t0 = int(rng.integers(0, n_frames - crop + 1))
         t0 -= t0 % config.time_stride
@@ -373,6 +375,12 @@ def train_mask_cnn(
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
             prob = model.probabilities(x)
             loss = soft_dice_loss(prob, y, config.smooth)
+            if not torch.isfinite(loss):
+                raise InputError(
+                    f"training diverged: the loss of epoch {epoch + 1}, step {step + 1} is "
+                    f"{float(loss.detach())}; no model was written",
+                    "lower --lr, or check the training data",
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -39,7 +39,7 @@ from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.sparsify.io import ROWS_PER_CHUNK, SparseWriter
-from ulmtools.store import Store, create_array
+from ulmtools.store import Store, check_finite, create_array
 from ulmtools.truth import Truth
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,7 @@ def sparsify_store(
     progress(0, len(movie_ids), "")
     for i, m in enumerate(movie_ids):
         movie = np.asarray(corr[m])
+        check_finite(movie, f"{store.path}/corr", movie=m)
         mask = select(movie, config, predictor)
         coords, feats = movie_to_sites(movie, mask)
         writer.write_movie(coords, feats)

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ulmtools.errors import UsageError
 
 ARCHITECTURES = ("sparse-deepstulm",)
+
+#: Up-front limits. Every epoch adds a history record and a checkpoint; the paper's
+#: schedules run 20-30 epochs.
+MAX_EPOCHS = 10_000
+#: Weights grow with the square of the width: 2.8 M parameters at 16 channels, so 256
+#: channels already need ~11 GiB for weights, gradients and Adam's two moments.
+MAX_CHANNELS = 256
+PARAMETERS_AT_16 = 2_834_489
+
+
+def check_epochs(epochs: int) -> None:
+    if epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {epochs}")
+    if epochs > MAX_EPOCHS:
+        raise UsageError(
+            f"--epochs {epochs} is above the limit of {MAX_EPOCHS}",
+            "the paper's schedules run 20-30 epochs",
+        )
+
+
+def check_lr(lr: float) -> None:
+    if not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be a positive finite number, got {lr}")
+
+
+def check_channels(channels: int, *, even: bool = True) -> None:
+    """Refuse a width the network cannot have, or one whose weights would not fit."""
+    if even and (channels < 2 or channels % 2):
+        raise UsageError(f"--channels must be an even number >= 2, got {channels}")
+    if channels < 1:
+        raise UsageError(f"--channels must be at least 1, got {channels}")
+    if channels > MAX_CHANNELS:
+        size = ""
+        if even:  # Sparse Deep-stULM: the weights are the memory that grows
+            gib = 16 * PARAMETERS_AT_16 * (channels / 16) ** 2 / 2**30
+            size = f" (about {gib:,.0f} GiB for weights, gradients and optimizer state)"
+        raise UsageError(
+            f"--channels {channels} is above the limit of {MAX_CHANNELS}{size}",
+            "the paper uses 16",
+        )
 
 
 @dataclass(frozen=True)
@@ -129,14 +170,12 @@ class TrainConfig:
             raise UsageError(
                 f"unknown architecture {self.arch!r}", f"use one of {', '.join(ARCHITECTURES)}"
             )
-        if self.schedule.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {self.schedule.epochs}")
+        check_epochs(self.schedule.epochs)
         if any(b < 1 for _, b in self.schedule.batch_size):
             raise UsageError("--batch-size must be at least 1")
-        if any(not (v > 0) for _, v in self.schedule.lr):
-            raise UsageError("--lr must be positive")
-        if self.channels < 2 or self.channels % 2:
-            raise UsageError(f"--channels must be an even number >= 2, got {self.channels}")
+        if any(not (math.isfinite(v) and v > 0) for _, v in self.schedule.lr):
+            raise UsageError("--lr must be a positive finite number")
+        check_channels(self.channels)
 
     @property
     def classifiers(self) -> bool:
@@ -206,12 +245,10 @@ def resolve_schedule(
         raise UsageError(f"unknown schedule {name!r}", f"use one of {', '.join(SCHEDULES)}")
     s = SCHEDULES[name]
     if epochs is not None:
-        if epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {epochs}")
+        check_epochs(epochs)
         s = s.stretched(epochs)
     if lr is not None:
-        if not lr > 0:
-            raise UsageError(f"--lr must be positive, got {lr}")
+        check_lr(lr)
         s = s.scaled_lr(lr)
     if batch_size is not None:
         if batch_size < 1:

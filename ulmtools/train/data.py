@@ -11,7 +11,7 @@ from ulmtools.errors import InputError
 from ulmtools.grid import Grid
 from ulmtools.models.deepstulm import FACTOR
 from ulmtools.sparsify.io import movie_shape, n_movies, open_sparse
-from ulmtools.store import Store
+from ulmtools.store import Store, check_finite
 from ulmtools.truth import Truth
 
 #: Below this many bytes the whole store's coords/feats are read once and kept.
@@ -65,6 +65,16 @@ class SparseMovies:
                 f"{self.store.path}: feats have shape {feats.shape}; the networks take "
                 "2 channels (real, imaginary correlation)"
             )
+        if np.dtype(coords.dtype).kind not in "iu":
+            raise InputError(
+                f"{self.store.path}/coords has dtype {coords.dtype}; coordinates are integer "
+                "pixel indices (int32)"
+            )
+        if np.dtype(feats.dtype).kind != "f":
+            raise InputError(
+                f"{self.store.path}/feats has dtype {feats.dtype}; features are real floating "
+                "point (float32: the real and imaginary parts as two columns)"
+            )
         self.offsets = np.asarray(self.store.array("offsets")[:], dtype=np.int64)
         if len(self.offsets) < 1 or self.offsets[0] != 0 or (np.diff(self.offsets) < 0).any():
             raise InputError(f"{self.store.path}: offsets must start at 0 and never decrease")
@@ -99,9 +109,29 @@ class SparseMovies:
                 np.asarray(coords[:], dtype=np.int32),
                 np.asarray(self.store.array("feats")[:], dtype=np.float32),
             )
+        self._check_finite()
         fine_bytes = int(np.prod(self.fine_grid.shape))
         self._cache_targets = self.n * fine_bytes <= CACHE_BYTES
         self._targets: dict[tuple[int, int], np.ndarray] = {}
+
+    def _check_finite(self) -> None:
+        """Refuse NaN or infinite features up front, naming the first bad movie."""
+        what = f"{self.store.path}/feats"
+        if self._all is not None:
+            blocks = [(0, self._all[1])]
+        else:
+            feats = self.store.array("feats")
+            step = max(1, CACHE_BYTES // (4 * 2))
+            blocks = (
+                (a, np.asarray(feats[a : a + step])) for a in range(0, int(self.offsets[-1]), step)
+            )
+        for a, block in blocks:
+            try:
+                check_finite(block, what)
+            except InputError as exc:
+                row = a + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                movie = int(np.searchsorted(self.offsets, row, side="right")) - 1
+                raise InputError(f"{exc.message} (first in movie {movie})", exc.hint) from None
 
     @property
     def dimension(self) -> int:

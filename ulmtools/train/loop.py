@@ -20,11 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ulmtools.errors import InputError
 from ulmtools.models.deepstulm import FACTOR, HR_LEVELS, SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.train.config import TrainConfig
 from ulmtools.train.data import SparseMovies
 from ulmtools.train.loss import lookup, pooled_targets, sparse_dice_loss
+
+
+class Diverged(InputError):
+    """A non-finite loss or gradient: the step is not taken, so the weights stay finite."""
 
 
 @dataclass
@@ -92,8 +97,13 @@ def train_step(
         final = sparse_dice_loss(out.final, target, config.dice_smooth)
         losses.append(final)
     loss = torch.stack(losses).sum()
+    if not torch.isfinite(loss):
+        raise Diverged(f"the loss is {float(loss.detach())}")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None and p.grad.numel()]
+    if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads]).max()):
+        raise Diverged("a gradient is not finite")
     state.optimizer.step()
     return {
         "loss": float(loss.detach()),
@@ -124,7 +134,14 @@ def run_epoch(
     t0 = time.perf_counter()
     losses, finals, sites = [], [], []
     for i, batch in enumerate(batches):
-        r = train_step(state, data, batch, config, phase, device)
+        try:
+            r = train_step(state, data, batch, config, phase, device)
+        except Diverged as exc:
+            kept = f"the checkpoint after epoch {epoch} is kept" if epoch else "nothing was written"
+            raise Diverged(
+                f"training diverged in epoch {epoch + 1}, step {i + 1}: {exc.message}; {kept}",
+                "lower --lr or check the training data, and start again",
+            ) from None
         if r is not None:
             losses.append(r["loss"])
             finals.append(r["final"])
