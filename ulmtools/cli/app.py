@@ -21,6 +21,7 @@ from ulmtools import __version__
 from ulmtools.cli import beamform as beamform_cmd
 from ulmtools.cli import infer as infer_cmd
 from ulmtools.cli import info
+from ulmtools.cli import score as score_cmd
 from ulmtools.cli import simulate as simulate_cmd
 from ulmtools.cli import sparsify as sparsify_cmd
 from ulmtools.cli import train as train_cmd
@@ -62,6 +63,7 @@ app.command("beamform")(beamform_cmd.beamform)
 app.command("sparsify")(sparsify_cmd.sparsify)
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
+app.command("score")(score_cmd.score)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
