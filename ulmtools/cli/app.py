@@ -24,6 +24,7 @@ from ulmtools.cli import info
 from ulmtools.cli import score as score_cmd
 from ulmtools.cli import simulate as simulate_cmd
 from ulmtools.cli import sparsify as sparsify_cmd
+from ulmtools.cli import track as track_cmd
 from ulmtools.cli import train as train_cmd
 from ulmtools.cli.context import state
 from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UlmError
@@ -63,6 +64,7 @@ app.command("beamform")(beamform_cmd.beamform)
 app.command("sparsify")(sparsify_cmd.sparsify)
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
+app.command("track")(track_cmd.track)
 app.command("score")(score_cmd.score)
 
 

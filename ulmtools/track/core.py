@@ -1,0 +1,420 @@
+"""Conventional ULM, store to store: detect, localize, link, render.
+
+:func:`track_movie` runs one movie's envelope through detection
+(:mod:`~ulmtools.track.detect`), sub-pixel localization
+(:mod:`~ulmtools.track.localize`) and Hungarian linking with gap closing
+(:mod:`~ulmtools.track.link`). :func:`track_store` streams an image store movie
+by movie into a ``tracks`` store:
+
+``localizations/``  one row per localization, movies one after another
+    ``positions`` float64 (n, D) metres (grid axis order), ``frames`` int32 (n,),
+    ``intensity`` float32 (n,) (envelope at the detected pixel), ``track`` int64
+    (n,) (track id unique in the store, -1 when not in a kept track),
+    ``velocity`` float32 (n, D) m/s (NaN when not in a track) and ``offsets``
+    int64 (movies + 1);
+``coords`` / ``feats`` / ``offsets``
+    each movie's track map on the fine grid, in the layout of a prediction store
+    (fine-grid indices, feature 1.0), so ``ulm score`` binarizes both alike;
+``angiogram`` uint32  movies whose track map holds each fine pixel;
+``density`` uint32    tracks crossing each fine pixel, all movies;
+``speed``, ``velocity_z`` float32  mean speed and signed axial velocity (m/s, NaN
+    where no track passed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ulmtools.errors import InputError, UsageError
+from ulmtools.grid import Grid
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.sites import SiteWriter
+from ulmtools.store import Store, create_array
+from ulmtools.track.detect import Detection, detect
+from ulmtools.track.link import Trajectory, kinematics, link
+from ulmtools.track.localize import METHODS, localize
+from ulmtools.track.render import Maps
+
+ROWS_PER_CHUNK = 1 << 20
+DEFAULT_LINK_PIXELS = 2.0
+DEFAULT_DETECT = "peak:10"
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Every parameter of ``ulm track``; ``None`` means "derived from the data"."""
+
+    signal: str | None = None  # iq | corr; default iq when the store has it
+    detect: str = DEFAULT_DETECT
+    localize: str = "gaussian"
+    max_speed: float | None = None  # m/s
+    max_link_distance: float | None = None  # metres; default 2 image pixels
+    max_gap: int = 2
+    min_track_length: int = 10
+    smooth: int = 3
+    render_factor: int = 8
+    window: tuple[int, ...] | None = None  # odd pixels per axis; default from the PSF
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        Detection.parse(self.detect)
+        if self.signal not in (None, "iq", "corr"):
+            raise UsageError(f"--signal must be iq or corr, got {self.signal!r}")
+        if self.localize not in METHODS:
+            raise UsageError(
+                f"--localize {self.localize!r} is not a method", f"use one of {', '.join(METHODS)}"
+            )
+        if self.max_speed is not None and self.max_link_distance is not None:
+            raise UsageError("give --max-speed or --max-link-distance, not both")
+        for name, v in (
+            ("--max-speed", self.max_speed),
+            ("--max-link-distance", self.max_link_distance),
+        ):
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise UsageError(f"{name} must be a positive number, got {v}")
+        if self.max_gap < 0:
+            raise UsageError(f"--max-gap must be 0 or more frames, got {self.max_gap}")
+        if self.min_track_length < 1:
+            raise UsageError(f"--min-track-length must be at least 1, got {self.min_track_length}")
+        if self.smooth < 1:
+            raise UsageError(f"--smooth must be at least 1 frame, got {self.smooth}")
+        if not 1 <= self.render_factor <= 32:
+            raise UsageError(f"--render-factor must be 1 to 32, got {self.render_factor}")
+        if self.window is not None and any(w < 1 or w % 2 == 0 or w > 15 for w in self.window):
+            raise UsageError(f"--window sizes must be odd, 1 to 15 pixels, got {self.window}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+
+    @property
+    def detection(self) -> Detection:
+        return Detection.parse(self.detect)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What :class:`TrackConfig` leaves to the data, resolved for one store."""
+
+    signal: str
+    grid: Grid
+    fine_grid: Grid
+    frame_rate: float
+    max_link_distance: float  # metres per frame
+    window: tuple[int, ...]
+    psf_width: tuple[float, ...]  # pixels per axis
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "frame_rate": self.frame_rate,
+            "max_link_distance": self.max_link_distance,
+            "max_speed": self.max_link_distance * self.frame_rate,
+            "window": list(self.window),
+            "psf_width_pixels": [round(w, 3) for w in self.psf_width],
+        }
+
+
+def psf_fwhm_pixels(store: Store, grid: Grid) -> tuple[float, ...] | None:
+    """The full width at half maximum of the store's PSF along each axis, in grid pixels."""
+    if "psf" not in store.group:
+        return None
+    psf = store.array("psf")
+    amp = np.abs(np.asarray(psf[...]))
+    if amp.ndim != grid.ndim or amp.size == 0 or not np.isfinite(amp).all() or amp.max() <= 0:
+        return None
+    spacing = grid.spacing
+    if "grid" in psf.attrs:
+        spacing = Grid.from_attrs(psf.attrs["grid"]).spacing
+    peak = np.unravel_index(np.argmax(amp), amp.shape)
+    widths = []
+    for ax in range(amp.ndim):
+        line = amp[tuple(slice(None) if i == ax else peak[i] for i in range(amp.ndim))]
+        above = np.flatnonzero(line >= line.max() / 2)
+        widths.append((above[-1] - above[0] + 1) * spacing[ax] / grid.spacing[ax])
+    return tuple(float(w) for w in widths)
+
+
+def resolve(config: TrackConfig, store: Store) -> Resolved:
+    """Resolve the signal, link distance and window of ``config`` for ``store``."""
+    grid = store.grid
+    names = [n for n in ("iq", "corr") if n in store.group]
+    signal = config.signal or ("iq" if "iq" in names else "corr")
+    if signal not in names:
+        have = " and ".join(names) if names else "neither iq nor corr"
+        raise InputError(
+            f"{store.path} has no {signal!r} array (it has {have})",
+            f"use --signal {names[0]}" if names else "give an image store made by ulm beamform",
+        )
+    arr = store.array(signal)
+    if arr.ndim != 2 + grid.ndim or tuple(arr.shape[2:]) != tuple(grid.shape):
+        raise InputError(
+            f"{store.path}/{signal} has shape {tuple(arr.shape)}; expected (movie, t, "
+            f"{', '.join(str(n) for n in grid.shape)}) for its grid"
+        )
+    if not grid.frame_rate:
+        raise InputError(
+            f"{store.path} has no frame rate in its grid attribute",
+            "add grid.frame_rate (Hz): tracking needs it for velocities",
+        )
+    frame_rate = float(grid.frame_rate)
+    if config.max_link_distance is not None:
+        max_link = float(config.max_link_distance)
+    elif config.max_speed is not None:
+        max_link = float(config.max_speed) / frame_rate
+    else:
+        max_link = DEFAULT_LINK_PIXELS * max(grid.spacing)
+    fwhm = psf_fwhm_pixels(store, grid)
+    if config.window is not None:
+        if len(config.window) != grid.ndim:
+            raise UsageError(
+                f"--window has {len(config.window)} sizes for a {grid.ndim}D grid",
+                "give one odd size per axis, e.g. 3x7",
+            )
+        window = tuple(config.window)
+    elif fwhm is not None:
+        window = tuple(int(min(9, max(3, 2 * round((w - 1) / 2) + 1))) for w in fwhm)
+    else:
+        window = (3,) * grid.ndim
+    psf_width = fwhm if fwhm is not None else tuple(float(w) for w in window)
+    return Resolved(
+        signal=signal,
+        grid=grid,
+        fine_grid=grid.refined(config.render_factor),
+        frame_rate=frame_rate,
+        max_link_distance=max_link,
+        window=window,
+        psf_width=psf_width,
+    )
+
+
+@dataclass
+class MovieTracks:
+    """One movie's localizations, tracks and timings."""
+
+    positions: np.ndarray  # (n, D) metres
+    frames: np.ndarray  # (n,)
+    intensity: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,) track within the movie, -1 dropped
+    velocity: np.ndarray  # (n, D) m/s, NaN untracked
+    trajectories: list[Trajectory]
+    floor: float
+    seconds_detect: float
+    seconds_link: float
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.trajectories)
+
+
+def track_movie(envelope: np.ndarray, config: TrackConfig, res: Resolved) -> MovieTracks:
+    """Conventional ULM on one movie's envelope (t, *space)."""
+    t0 = time.perf_counter()
+    env = np.asarray(envelope, dtype=np.float32)
+    idx, val, floor = detect(env, config.detection)
+    frac = localize(env, idx, config.localize, window=res.window, psf_width=res.psf_width)
+    positions = res.grid.to_position(frac)
+    frames = idx[:, 0].astype(np.int64)
+    t1 = time.perf_counter()
+    labels = link(
+        frames,
+        positions,
+        max_distance=res.max_link_distance,
+        max_gap=config.max_gap,
+        min_length=config.min_track_length,
+    )
+    trajectories = kinematics(
+        frames, positions, labels, frame_rate=res.frame_rate, smooth=config.smooth
+    )
+    velocity = np.full(positions.shape, np.nan, dtype=np.float32)
+    for tr in trajectories:
+        rows = np.flatnonzero(labels == tr.label)
+        velocity[rows] = tr.velocities[frames[rows] - tr.frames[0]]
+    t2 = time.perf_counter()
+    return MovieTracks(
+        positions=positions,
+        frames=frames.astype(np.int32),
+        intensity=val.astype(np.float32),
+        labels=labels,
+        velocity=velocity,
+        trajectories=trajectories,
+        floor=floor,
+        seconds_detect=t1 - t0,
+        seconds_link=t2 - t1,
+    )
+
+
+class LocalizationWriter:
+    """Appends each movie's localization table to ``localizations/`` (bounded memory)."""
+
+    def __init__(self, root: zarr.Group, grid: Grid) -> None:
+        self.group = root.require_group("localizations")
+        d = grid.ndim
+        self.group.attrs.update({"coordinates": list(grid.axes), "unit": "metre"})
+
+        def column(name: str, dtype: str, width: int | None, **attrs: Any) -> zarr.Array:
+            shape = (0,) if width is None else (0, width)
+            chunks = (ROWS_PER_CHUNK,) if width is None else (ROWS_PER_CHUNK, width)
+            dims = ("row",) if width is None else ("row", "coordinate")
+            return create_array(
+                self.group, name, shape=shape, dtype=dtype, dims=dims, chunks=chunks, attrs=attrs
+            )
+
+        self.positions = column("positions", "float64", d, unit="metre", axes_order=list(grid.axes))
+        self.frames = column("frames", "int32", None)
+        self.intensity = column("intensity", "float32", None, meaning="envelope at the maximum")
+        self.track = column("track", "int64", None, meaning="track id; -1 not in a kept track")
+        self.velocity = column("velocity", "float32", d, unit="metre/second")
+        self._offsets = [0]
+        self._next_track = 0
+
+    def write_movie(self, mt: MovieTracks) -> None:
+        n = len(mt.frames)
+        if n:
+            ids = np.where(mt.labels >= 0, mt.labels + self._next_track, -1)
+            self.positions.append(mt.positions, axis=0)
+            self.frames.append(mt.frames, axis=0)
+            self.intensity.append(mt.intensity, axis=0)
+            self.track.append(ids.astype(np.int64), axis=0)
+            self.velocity.append(mt.velocity.astype(np.float32), axis=0)
+        self._next_track += mt.n_tracks
+        self._offsets.append(self._offsets[-1] + n)
+
+    def close(self) -> None:
+        off = np.asarray(self._offsets, dtype=np.int64)
+        create_array(
+            self.group,
+            "offsets",
+            shape=off.shape,
+            dtype="int64",
+            dims=("movie_edge",),
+            chunks=off.shape,
+        )[:] = off
+
+
+@dataclass
+class TrackStats:
+    movies: int = 0
+    localizations: list[int] = field(default_factory=list)
+    tracked: list[int] = field(default_factory=list)
+    tracks: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    floors: list[float] = field(default_factory=list)
+    seconds_detect: list[float] = field(default_factory=list)
+    seconds_link: list[float] = field(default_factory=list)
+    map_pixels: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def mean(x: list) -> float:
+            return float(np.mean(x)) if x else 0.0
+
+        loc = int(np.sum(self.localizations)) if self.localizations else 0
+        frames = int(np.sum(self.frames)) if self.frames else 0
+        return {
+            "movies": self.movies,
+            "localizations": loc,
+            "localizations_per_frame": loc / frames if frames else 0.0,
+            "tracked_fraction": float(np.sum(self.tracked)) / loc if loc else 0.0,
+            "tracks": int(np.sum(self.tracks)) if self.tracks else 0,
+            "mean_track_length": float(np.sum(self.tracked)) / max(1, int(np.sum(self.tracks))),
+            "detection_level_mean": mean(self.floors),
+            "seconds_detect_localize_per_movie": float(np.median(self.seconds_detect))
+            if self.seconds_detect
+            else 0.0,
+            "seconds_link_per_movie": float(np.median(self.seconds_link))
+            if self.seconds_link
+            else 0.0,
+            "map_pixels_mean": mean(self.map_pixels),
+        }
+
+
+def _envelopes(store: Store, signal: str, movies: range) -> Iterator[np.ndarray]:
+    arr = store.array(signal)
+    for m in movies:
+        yield np.abs(np.asarray(arr[m]))
+
+
+def track_store(
+    store: Store,
+    out: zarr.Group,
+    config: TrackConfig,
+    res: Resolved,
+    *,
+    progress: ProgressCallback = no_progress,
+) -> TrackStats:
+    """Track every movie of an image store into the writable ``tracks`` group ``out``."""
+    arr = store.array(res.signal)
+    n_movies = int(arr.shape[0])
+    fine = res.fine_grid
+    locs = LocalizationWriter(out, res.grid)
+    maps_writer = SiteWriter(out, fine.axes, ("track",), unit="fine-grid pixel index")
+    maps = Maps.empty(fine)
+    stats = TrackStats(movies=n_movies)
+    workers = config.workers or None
+    progress(0, n_movies, "")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        envs = _envelopes(store, res.signal, range(n_movies))
+        window = max(1, pool._max_workers)
+        pending = []
+        done = 0
+        for env in envs:
+            pending.append((env.shape[0], pool.submit(track_movie, env, config, res)))
+            while len(pending) > window:
+                done = _write_one(pending.pop(0), locs, maps_writer, maps, stats, done)
+                progress(done, n_movies, f"{stats.tracks[-1]} tracks")
+        while pending:
+            done = _write_one(pending.pop(0), locs, maps_writer, maps, stats, done)
+            progress(done, n_movies, f"{stats.tracks[-1]} tracks")
+    locs.close()
+    maps_writer.close()
+    rows = max(1, min(fine.shape[0], (1 << 23) // int(np.prod(fine.shape[1:]))))
+    chunks = (rows, *fine.shape[1:])
+    for name, data, attrs in (
+        ("angiogram", maps.angiogram, {"meaning": "movies whose track map holds the pixel"}),
+        ("density", maps.density, {"meaning": "tracks crossing the pixel, all movies"}),
+        ("speed", maps.speed(), {"meaning": "mean speed", "unit": "metre/second"}),
+        (
+            "velocity_z",
+            maps.velocity_z(),
+            {
+                "meaning": "mean signed axial velocity, positive away from the probe",
+                "unit": "metre/second",
+            },
+        ),
+    ):
+        create_array(
+            out,
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            dims=fine.axes,
+            chunks=chunks,
+            attrs=attrs,
+            fill_value=np.nan if data.dtype.kind == "f" else 0,
+        )[...] = data
+    return stats
+
+
+def _write_one(item, locs, maps_writer, maps, stats, done) -> int:
+    n_frames, future = item
+    mt: MovieTracks = future.result()
+    locs.write_movie(mt)
+    pixels = maps.add_movie(mt.trajectories)
+    maps_writer.write_movie(pixels, np.ones(len(pixels), np.float32))
+    stats.localizations.append(len(mt.frames))
+    stats.tracked.append(int((mt.labels >= 0).sum()))
+    stats.tracks.append(mt.n_tracks)
+    stats.frames.append(int(n_frames))
+    stats.floors.append(mt.floor)
+    stats.seconds_detect.append(mt.seconds_detect)
+    stats.seconds_link.append(mt.seconds_link)
+    stats.map_pixels.append(len(pixels))
+    return done + 1
