@@ -259,3 +259,129 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(
     assert state.epoch == 1
     assert all(torch.isfinite(p).all() for p in state.model.parameters())
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# 4. Corrupt stores: damaged chunks, invalid metadata, attributes of the wrong type
+# ---------------------------------------------------------------------------
+
+
+def chunk_files(store: Path, array: str) -> list[Path]:
+    return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+
+
+def damage_chunk(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(np.random.default_rng(0).bytes(max(len(data), 64)))
+
+
+def edit_json(path: Path, change) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+CHUNK_CASES = [
+    ("ch", "iq", ["beamform", "{s}", "{o}", "--psf-model", "analytic"]),
+    ("img", "corr", ["sparsify", "{s}", "{o}"]),
+    ("sp", "feats", ["train", "{s}", "{o}", "--epochs", "1"]),
+    ("sp", "coords", ["infer", "{model}", "{s}", "{o}"]),
+    ("model", "weights/input.0.kernel", ["infer", "{s}", "{sp}", "{o}"]),
+]
+
+
+def fill(args: list[str], **paths: Path) -> list[str]:
+    return [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("case", range(len(CHUNK_CASES)))
+def test_damaged_chunks_are_bad_input(case, how, cli, stores, tmp_path, digest) -> None:
+    kind, array, args = CHUNK_CASES[case]
+    src = copy(stores[kind], tmp_path)
+    if not (src / array).is_dir():  # the model's first weight array, whatever its name
+        array = sorted(p.parent.name for p in (src / "weights").glob("*/zarr.json"))[0]
+        array = f"weights/{array}"
+    damage_chunk(chunk_files(src, array)[0], how)
+    before = digest(src)
+    out = tmp_path / "out.zarr"
+    r = cli(*fill(args, s=src, o=out, model=stores["model"], sp=stores["sp"]))
+    refused(r, 3, str(src), array)
+    assert not out.exists() and leftovers(tmp_path) == [] and digest(src) == before
+
+
+def test_damaged_chunk_in_a_subprocess_is_exit_3_not_a_crash(stores, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    ch = copy(stores["ch"], tmp_path)
+    damage_chunk(chunk_files(ch, "iq")[0], "truncated")
+    out = tmp_path / "img.zarr"
+    ulm = Path(sys.executable).parent / "ulm"
+    r = subprocess.run([ulm, "beamform", ch, out, "-q"], capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("\n") == 1 and "damaged" in r.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+ARRAY_META_CASES = {
+    "truncated json": lambda p: p.write_text(p.read_text()[:40]),
+    "binary garbage": lambda p: p.write_bytes(b"\x89\xff\x00garbage\xfe" * 8),
+    "zarr_format 2": lambda p: edit_json(p, lambda m: m.update(zarr_format=2)),
+    "bad data_type": lambda p: edit_json(p, lambda m: m.update(data_type="complex999")),
+    "shape a string": lambda p: edit_json(p, lambda m: m.update(shape="big")),
+    "not an object": lambda p: p.write_text("[1, 2, 3]"),
+}
+
+
+@pytest.mark.parametrize("how", list(ARRAY_META_CASES))
+@pytest.mark.parametrize("stage", ["beamform", "sparsify", "train"])
+def test_invalid_array_metadata_is_bad_input(stage, how, cli, stores, tmp_path) -> None:
+    kind, array = {"beamform": ("ch", "iq"), "sparsify": ("img", "corr"),
+                   "train": ("sp", "offsets")}[stage]  # fmt: skip
+    src = copy(stores[kind], tmp_path)
+    ARRAY_META_CASES[how](src / array / "zarr.json")
+    out = tmp_path / "out.zarr"
+    r = cli(stage, src, out, *(["--epochs", "1"] if stage == "train" else []))
+    refused(r, 3, f"{array}")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def root_json(store: Path) -> Path:
+    return store / "zarr.json"
+
+
+ATTRIBUTE_CASES = [
+    ("img", "sparsify", lambda a: a.update(grid="32x32"), "grid"),
+    ("img", "sparsify", lambda a: a.update(grid=[1, 2]), "grid"),
+    ("img", "sparsify", lambda a: a.update(provenance="made by hand"), "provenance"),
+    ("img", "sparsify", lambda a: a.update(provenance=7), "provenance"),
+    ("img", "sparsify", lambda a: a.update(provenance={"stage": "x"}), "provenance"),
+    ("img", "sparsify", lambda a: a.update(provenance=["x"]), "provenance"),
+    ("sp", "train", lambda a: a.update(shape="junk"), "shape"),
+    ("sp", "train", lambda a: a.update(shape=[8, "a", None]), "shape"),
+    ("sp", "infer", lambda a: a.update(shape={"t": 8}), "shape"),
+    ("ch", "beamform", lambda a: a.update(acquisition="L22-14"), "acquisition"),
+    ("img", "sparsify", lambda a: a["grid"].update(spacing=[float("nan"), 1e-4]), "spacing"),
+    ("img", "sparsify", lambda a: a["grid"].update(frame_rate=0), "frame rate"),
+    ("sp", "train", lambda a: a["grid"].update(frame_rate=-1000.0), "frame rate"),
+    ("sp", "train", lambda a: a["grid"].update(spacing=[float("inf"), 1e-4]), "spacing"),
+    ("sp", "infer", lambda a: a["grid"].update(origin=[float("nan"), 0.0]), "origin"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ATTRIBUTE_CASES)))
+def test_attributes_of_the_wrong_type_are_bad_input(case, cli, stores, tmp_path) -> None:
+    kind, stage, change, word = ATTRIBUTE_CASES[case]
+    src = copy(stores[kind], tmp_path)
+    edit_json(root_json(src), lambda m: change(m["attributes"]))
+    out = tmp_path / "out.zarr"
+    extra = {"train": ["--epochs", "1"], "beamform": ["--psf-model", "analytic"]}.get(stage, [])
+    args = [stage, stores["model"], src, out] if stage == "infer" else [stage, src, out]
+    refused(cli(*args, *extra), 3, word)
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -10,6 +10,7 @@ are laid out ``(movie, t, *space)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +71,16 @@ class Grid:
                 f"{len(self.shape)}/{len(self.origin)}/{len(self.spacing)}",
                 "give one value per axis",
             )
-        if any(s <= 0 for s in self.spacing):
-            raise InputError(f"grid spacing must be positive, got {list(self.spacing)}")
+        if not all(math.isfinite(s) and s > 0 for s in self.spacing):
+            raise InputError(f"grid spacing must be positive and finite, got {list(self.spacing)}")
+        if not all(math.isfinite(o) for o in self.origin):
+            raise InputError(f"grid origin must be finite, got {list(self.origin)}")
+        if self.frame_rate is not None and not (
+            math.isfinite(self.frame_rate) and self.frame_rate > 0
+        ):
+            raise InputError(
+                f"the grid's frame rate must be positive and finite, got {self.frame_rate}"
+            )
         if any(int(s) < 1 for s in self.shape):
             raise InputError(f"grid shape must be at least 1 per axis, got {list(self.shape)}")
 
@@ -120,6 +129,11 @@ class Grid:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Grid:
+        if not isinstance(attrs, Mapping):
+            raise InputError(
+                f"the grid attribute is {type(attrs).__name__}, not an object",
+                "it needs axes, shape, origin and spacing (metres), one value per axis",
+            )
         try:
             known = {"axes", "shape", "origin", "spacing", "unit", "frame_rate"}
             unit = attrs.get("unit", "metre")
@@ -130,7 +144,9 @@ class Grid:
                 shape=tuple(int(n) for n in attrs["shape"]),
                 origin=tuple(float(o) for o in attrs["origin"]),
                 spacing=tuple(float(s) for s in attrs["spacing"]),
-                frame_rate=(float(attrs["frame_rate"]) if attrs.get("frame_rate") else None),
+                frame_rate=(
+                    float(attrs["frame_rate"]) if attrs.get("frame_rate") is not None else None
+                ),
                 extra={k: v for k, v in attrs.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -42,10 +42,50 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.registry import register_pipeline
 
 from ulmtools import __version__
 from ulmtools.errors import InputError, OutputError, UsageError
 from ulmtools.grid import Grid, axes_metadata
+
+# ---------------------------------------------------------------------------
+# One guarded reader: a chunk that cannot be decoded is bad input, not a bug
+# ---------------------------------------------------------------------------
+
+
+class GuardedCodecPipeline(BatchedCodecPipeline):
+    """zarr's codec pipeline, with decode failures turned into :class:`InputError`.
+
+    Every chunk any ulmtools code reads (through ``Store.array`` or straight from
+    a group) is decoded here, so a truncated or garbage chunk (zstd, blosc, a wrong
+    decoded size) gives exit code 3 naming the store, the array and the chunk.
+    """
+
+    async def read_batch(self, batch_info, out, drop_axes=()):  # type: ignore[no-untyped-def]
+        batch_info = list(batch_info)
+        try:
+            await super().read_batch(batch_info, out, drop_axes)
+        except InputError:
+            raise
+        except Exception as exc:
+            keys = [_chunk_name(getter) for getter, *_ in batch_info]
+            where = keys[0] if len(keys) == 1 else f"{keys[0]} (one of {len(keys)} chunks)"
+            raise InputError(
+                f"{where} is damaged and cannot be decoded ({exc.__class__.__name__}: {exc})",
+                "the store is corrupt: restore it from a copy or recreate it",
+            ) from None
+
+
+def _chunk_name(getter: Any) -> str:
+    root = getattr(getattr(getter, "store", None), "root", None)
+    path = str(getattr(getter, "path", getter))
+    return f"{root}/{path}" if root is not None else path
+
+
+register_pipeline(GuardedCodecPipeline)
+zarr.config.set({"codec_pipeline.path": "ulmtools.store.GuardedCodecPipeline"})
+
 
 # ---------------------------------------------------------------------------
 # Kinds and their schema
@@ -150,7 +190,10 @@ class Store:
     def grid(self) -> Grid:
         if "grid" not in self.group.attrs:
             raise InputError(f"{self.path} has no grid attribute", "describe its sampling grid")
-        return Grid.from_attrs(self.group.attrs["grid"])
+        try:
+            return Grid.from_attrs(self.group.attrs["grid"])
+        except InputError as exc:
+            raise InputError(f"{self.path}: {exc.message}", exc.hint) from None
 
     @property
     def has_truth(self) -> bool:
@@ -163,6 +206,12 @@ class Store:
             raise InputError(
                 f"{self.path} has no array {name!r}",
                 f"this {self.kind} store lacks what the stage needs",
+            ) from None
+        except Exception as exc:
+            raise InputError(
+                f"{self.path}/{name}: the array's metadata cannot be read "
+                f"({exc.__class__.__name__}: {exc})",
+                "the store is corrupt: restore it from a copy or recreate it",
             ) from None
         if not isinstance(node, zarr.Array):
             raise InputError(f"{self.path}/{name} is a group, not an array")
@@ -240,7 +289,14 @@ def open_store(
             f"this ulmtools {__version__} reads version {major(spec.version)}.x",
             "upgrade ulmtools" if newer else "recreate the store with this ulmtools",
         )
-    group = zarr.open_group(str(p), mode="r", zarr_format=3)
+    _check_attribute_types(p, meta.get("attributes", {}), found_kind)
+    _check_nodes(p)
+    try:
+        group = zarr.open_group(str(p), mode="r", zarr_format=3)
+    except Exception as exc:
+        raise InputError(
+            f"{p}: the group's metadata is invalid ({exc.__class__.__name__}: {exc})"
+        ) from None
     store = Store(p, group, found_kind, found_version)
     for name in require_attrs or spec.required_attrs:
         if name not in group.attrs:
@@ -258,6 +314,91 @@ def open_store(
     if spec.extra_check is not None:
         spec.extra_check(group, str(p))
     return store
+
+
+#: Root attributes whose JSON type is fixed by the store format (``man 5 ulm-stores``).
+_ATTRIBUTE_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "axes": (list,),
+    "grid": (dict,),
+    "provenance": (list,),
+    "acquisition": (dict,),
+}
+#: Those of sparse stores (the dense movie shape and the movie count).
+_SPARSE_ATTRIBUTE_TYPES: dict[str, tuple[type, ...]] = {"shape": (list,), "movies": (int,)}
+_JSON_NAME = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def _json_type(value: Any) -> str:
+    for t, name in ((bool, "a boolean"), (str, "a string"), (int, "an integer"),
+                    (float, "a number"), (list, "a list"), (dict, "an object")):  # fmt: skip
+        if isinstance(value, t):
+            return name
+    return "null"
+
+
+def _check_attribute_types(p: Path, attrs: Any, kind: str) -> None:
+    """Refuse root attributes of the wrong JSON type before any stage reads them."""
+    if not isinstance(attrs, dict):
+        raise InputError(f"{p}: the root attributes are not a JSON object")
+    types_of = _ATTRIBUTE_TYPES | (_SPARSE_ATTRIBUTE_TYPES if kind == "sparse" else {})
+    for name, types in types_of.items():
+        if name not in attrs:
+            continue
+        value = attrs[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise InputError(
+                f"{p}: the {name!r} attribute is {_json_type(value)}; "
+                f"it must be {_JSON_NAME[types[0]]}",
+                "see 'man 5 ulm-stores' for the store format",
+            )
+    for i, entry in enumerate(attrs.get("provenance", [])):
+        if not isinstance(entry, dict):
+            raise InputError(
+                f"{p}: provenance entry {i} is {_json_type(entry)}; each entry must be an object",
+                "see 'man 5 ulm-stores' for the store format",
+            )
+    shape = attrs.get("shape") if kind == "sparse" else None
+    if shape is not None and not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise InputError(
+            f"{p}: the 'shape' attribute {shape!r} is not a list of non-negative integers"
+        )
+
+
+def _check_nodes(root: Path) -> None:
+    """Read every node's zarr.json under ``root`` and check each array's metadata.
+
+    Walks groups only (an array's folders hold chunks), so the cost does not grow
+    with the number of chunks. Refuses with the node's path named.
+    """
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        for child in sorted(node.iterdir()):
+            meta_path = child / "zarr.json"
+            if not child.is_dir() or not meta_path.is_file():
+                continue
+            meta = _read_json(meta_path)
+            if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+                raise InputError(
+                    f"{child}: invalid Zarr metadata (zarr.json is not Zarr format 3)",
+                    "the store is corrupt: restore it from a copy or recreate it",
+                )
+            kind = meta.get("node_type")
+            if kind == "group":
+                pending.append(child)
+            elif kind == "array":
+                try:
+                    zarr.open_array(str(child), mode="r", zarr_format=3)
+                except Exception as exc:
+                    raise InputError(
+                        f"{child}: invalid array metadata ({exc.__class__.__name__}: {exc})",
+                        "the store is corrupt: restore it from a copy or recreate it",
+                    ) from None
+            else:
+                raise InputError(f"{child}: zarr.json has an unknown node_type {kind!r}")
 
 
 def _a(word: str) -> str:
