@@ -79,8 +79,8 @@ def score(
         float | None,
         typer.Option(
             "--wavelength",
-            help="Wavelength in metres for localization metrics. Default: the store's "
-            "wavelength or acquisition attribute.",
+            help="Wavelength in metres for localization metrics; overrides the tracks "
+            "store's wavelength attribute and an acquisition attribute (c / f).",
             show_default=False,
         ),
     ] = None,

@@ -428,6 +428,13 @@ def score(
     if pairing not in PAIRINGS:
         raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     recs = [open_reconstruction(p) for p in preds]
+    for r in recs:
+        floor = r.store.attrs.get("min_probability")
+        if r.kind == "prediction" and floor is not None and float(floor) > MAP_THRESHOLD:
+            log(
+                f"warning: {r.path} left out sites below probability {floor}, above the "
+                f"{MAP_THRESHOLD} threshold; its maps miss the pixels in between"
+            )
     truth_store = find_truth(recs, truth)
     if truth is None:
         log(f"truth: the truth/ group of {truth_store.path}")

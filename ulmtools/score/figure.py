@@ -155,7 +155,7 @@ def write_figure(methods: Sequence[MethodScore], path: str | os.PathLike[str]) -
                     sext, (sy, sx) = _extent(m.speed_grid, axis)
                     im = ax.imshow(
                         _view(m.speed, axis, speed=True) * 1e3,
-                        cmap="turbo",
+                        cmap=matplotlib.colormaps["turbo"].with_extremes(bad="black"),
                         extent=sext,
                         interpolation="nearest",
                     )

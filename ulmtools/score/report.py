@@ -80,8 +80,9 @@ def format_report(doc: dict[str, Any]) -> str:
         loc = next(m["localization"] for m in methods if m.get("localization"))
         notes.append(
             f"localization: {doc['pairing']} pairing per frame, pairs < λ/2, TP < λ/4, "
-            f"λ = {loc['wavelength_m'] * 1e6:.4g} um; precision, sensitivity and Jaccard "
-            "per movie, averaged; PALA RMSE is the mean pair distance, RMSE the root mean square"
+            f"λ = {loc['wavelength_m'] * 1e6:.4g} um ({loc['wavelength_source']});\n"
+            "  precision, sensitivity, Jaccard per movie, averaged; "
+            "PALA RMSE = mean pair distance, RMSE = root mean square"
         )
     lines += ["", *notes]
     return "\n".join(lines) + "\n"
