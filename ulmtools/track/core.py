@@ -128,19 +128,55 @@ def psf_fwhm_pixels(store: Store, grid: Grid) -> tuple[float, ...] | None:
     if "psf" not in store.group:
         return None
     psf = store.array("psf")
-    amp = np.abs(np.asarray(psf[...]))
-    if amp.ndim != grid.ndim or amp.size == 0 or not np.isfinite(amp).all() or amp.max() <= 0:
+    spacing = Grid.from_attrs(psf.attrs["grid"]).spacing if "grid" in psf.attrs else grid.spacing
+    return fwhm_pixels(np.asarray(psf[...]), spacing, grid.spacing)
+
+
+def fwhm_pixels(
+    psf: np.ndarray, psf_spacing: tuple[float, ...], grid_spacing: tuple[float, ...]
+) -> tuple[float, ...] | None:
+    """FWHM of ``abs(psf)`` through its peak along each axis, in pixels of ``grid_spacing``."""
+    amp = np.abs(np.asarray(psf))
+    if amp.ndim != len(grid_spacing) or amp.size == 0 or not np.isfinite(amp).all():
         return None
-    spacing = grid.spacing
-    if "grid" in psf.attrs:
-        spacing = Grid.from_attrs(psf.attrs["grid"]).spacing
+    if amp.max() <= 0:
+        return None
     peak = np.unravel_index(np.argmax(amp), amp.shape)
     widths = []
     for ax in range(amp.ndim):
         line = amp[tuple(slice(None) if i == ax else peak[i] for i in range(amp.ndim))]
-        above = np.flatnonzero(line >= line.max() / 2)
-        widths.append((above[-1] - above[0] + 1) * spacing[ax] / grid.spacing[ax])
+        widths.append(_fwhm(line, int(peak[ax])) * psf_spacing[ax] / grid_spacing[ax])
     return tuple(float(w) for w in widths)
+
+
+def _fwhm(line: np.ndarray, peak: int) -> float:
+    """Full width at half maximum of a 1-D profile, half-maximum crossings interpolated."""
+    half = line[peak] / 2
+    edges = []
+    for step in (-1, 1):
+        i = peak
+        while 0 <= i + step < len(line) and line[i + step] >= half:
+            i += step
+        j = i + step
+        if 0 <= j < len(line):  # the crossing lies between i and j
+            frac = (line[i] - half) / (line[i] - line[j])
+            edges.append(i + step * frac)
+        else:
+            edges.append(i + step * 0.5)
+    return float(abs(edges[1] - edges[0]))
+
+
+def default_window(method: str, fwhm: tuple[float, ...] | None, ndim: int) -> tuple[int, ...]:
+    """Odd window per axis: the PSF's FWHM (at least 3), 2 pixels wider for radial symmetry.
+
+    Radial symmetry needs the gradients of the PSF's flanks, beyond its half maximum
+    (on our simulator's PSF its error fell from 0.044 to 0.022 wavelengths laterally
+    in 2D with the wider window).
+    """
+    if fwhm is None:
+        return (3,) * ndim
+    extra = 2 if method == "radial-symmetry" else 0
+    return tuple(int(min(11, max(3, 2 * round((w - 1) / 2) + 1 + extra))) for w in fwhm)
 
 
 def resolve(config: TrackConfig, store: Store) -> Resolved:
@@ -180,10 +216,8 @@ def resolve(config: TrackConfig, store: Store) -> Resolved:
                 "give one odd size per axis, e.g. 3x7",
             )
         window = tuple(config.window)
-    elif fwhm is not None:
-        window = tuple(int(min(9, max(3, 2 * round((w - 1) / 2) + 1))) for w in fwhm)
     else:
-        window = (3,) * grid.ndim
+        window = default_window(config.localize, fwhm, grid.ndim)
     psf_width = fwhm if fwhm is not None else tuple(float(w) for w in window)
     return Resolved(
         signal=signal,

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
 
 _FORBIDDEN = 1e30
@@ -92,6 +91,19 @@ def link(
     return labels
 
 
+def moving_average(p: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average along axis 0 whose window shrinks symmetrically at the ends.
+
+    A symmetric window keeps straight, uniform motion unchanged up to the last
+    sample (a window padded at the ends would slow a track down there).
+    """
+    m = len(p)
+    half = np.minimum(np.minimum(np.arange(m), m - 1 - np.arange(m)), (size - 1) // 2)
+    c = np.concatenate([np.zeros((1, p.shape[1])), np.cumsum(p, axis=0)])
+    i = np.arange(m)
+    return (c[i + half + 1] - c[i - half]) / (2 * half + 1)[:, None]
+
+
 @dataclass
 class Trajectory:
     """One track sampled at every frame it spans."""
@@ -128,10 +140,8 @@ def kinematics(
         span = np.arange(f[0], f[-1] + 1)
         if len(span) != len(f):
             p = np.stack([np.interp(span, f, p[:, d]) for d in range(p.shape[1])], axis=1)
-        if smooth > 1 and len(span) > 1:
-            size = min(smooth, len(span) if len(span) % 2 else len(span) - 1)
-            if size > 1:
-                p = uniform_filter1d(p, size=size, axis=0, mode="nearest")
+        if smooth > 1 and len(span) > 2:
+            p = moving_average(p, smooth)
         v = np.gradient(p, dt, axis=0) if len(span) > 1 else np.zeros_like(p)
         out.append(Trajectory(int(labels[group[0]]), span, p, v))
     return out
