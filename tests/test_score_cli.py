@@ -494,11 +494,20 @@ def test_angiogram_store_gives_the_accumulated_dice_only(cli: Cli, tmp_path: Pat
 # ---------------------------------------------------------------------------
 
 
-def test_real_pipeline_scored_end_to_end(cli: Cli, tmp_path: Path) -> None:
-    sim, sp, pred = tmp_path / "sim.zarr", tmp_path / "sp.zarr", tmp_path / "pred.zarr"
+@pytest.fixture(scope="module")
+def real_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 movies x 64 frames of ulm simulate --level image (about a second)."""
+    from ulmtools.cli.app import main
+
+    sim = tmp_path_factory.mktemp("real") / "sim.zarr"
     args = ["--level", "image", "--movies", "2", "--frames", "64", "--seed", "3", "-q"]
-    assert cli("simulate", sim, *args).code == 0
-    assert cli("sparsify", sim, sp, "-q").code == 0
+    assert main(["simulate", str(sim), *args]) == 0
+    return sim
+
+
+def test_real_pipeline_scored_end_to_end(cli: Cli, real_sim: Path, tmp_path: Path) -> None:
+    sp, pred = tmp_path / "sp.zarr", tmp_path / "pred.zarr"
+    assert cli("sparsify", real_sim, sp, "-q").code == 0
     assert cli("infer", "shipped:2d", sp, pred, "--device", "cpu", "-q").code == 0
     fig = tmp_path / "real.png"
     r = cli("score", pred, "--json", "--figure", fig, "-q")
@@ -513,5 +522,43 @@ def test_real_pipeline_scored_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert m["saturation"]["frames"] == [64, 128]
     assert png_size(fig) == (3 * 320, 360)
     # Scoring against the simulation store itself gives the same answer.
-    r2 = cli("score", pred, "--truth", sim, "--json", "-q")
+    r2 = cli("score", pred, "--truth", real_sim, "--json", "-q")
     assert json.loads(r2.out)["methods"][0]["dice"] == pytest.approx(m["dice"])
+
+
+def test_real_tracks_scored_end_to_end(cli: Cli, real_sim: Path, tmp_path: Path) -> None:
+    """Conventional ULM on the same data: a tracks store as ulm track writes it."""
+    import zarr
+
+    tracks = tmp_path / "tracks.zarr"
+    assert cli("track", real_sim, tracks, "-q").code == 0
+    r = cli("score", tracks, "--json", "-q")
+    assert r.code == 0, r.err
+    t = json.loads(r.out)["methods"][0]
+    group = zarr.open_group(str(tracks), mode="r")
+    truth_acc = np.asarray(group["truth/tracks"][:]).any(axis=0)
+    assert t["dice"] == pytest.approx(dice(np.asarray(group["angiogram"][:]) > 0, truth_acc))
+    loc = t["localization"]
+    assert loc["wavelength_m"] == pytest.approx(1540.0 / 15.625e6)
+    assert 0 < loc["precision"] <= 1 and 0 < loc["sensitivity"] <= 1
+    assert loc["pooled"]["truth_outside_fov_dropped"] > 0  # the simulator's echo margin
+    assert t["saturation"]["granularity"] == "frame"
+    assert t["saturation"]["fraction_of_final"][-1] == 1.0
+
+
+@pytest.mark.slow
+def test_real_3d_pipeline_scored_end_to_end(cli: Cli, tmp_path: Path) -> None:
+    sim, sp, pred = tmp_path / "s3.zarr", tmp_path / "sp3.zarr", tmp_path / "p3.zarr"
+    tracks = tmp_path / "t3.zarr"
+    args = ["--dim", "3", "--level", "image", "--movies", "1", "--frames", "16", "--seed", "3"]
+    assert cli("simulate", sim, *args, "-q").code == 0
+    assert cli("sparsify", sim, sp, "-q").code == 0
+    assert cli("infer", "shipped:3d", sp, pred, "--device", "cpu", "-q").code == 0
+    assert cli("track", sim, tracks, "-q").code == 0
+    fig = tmp_path / "s3.png"
+    r = cli("score", pred, tracks, "--json", "--figure", fig, "-q")
+    assert r.code == 0, r.err
+    p, t = json.loads(r.out)["methods"]
+    assert set(p["projected_dice"]) == set(t["projected_dice"]) == {"z", "x", "y"}
+    assert t["localization"]["wavelength_m"] == pytest.approx(1540.0 / 7.8125e6)
+    assert png_size(fig) == (4 * 320, 6 * 360)
