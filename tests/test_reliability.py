@@ -7,7 +7,9 @@ traceback, and that no input changed and no temporary (``.NAME.partial-*``) is l
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -385,3 +387,187 @@ def test_attributes_of_the_wrong_type_are_bad_input(case, cli, stores, tmp_path)
     args = [stage, stores["model"], src, out] if stage == "infer" else [stage, src, out]
     refused(cli(*args, *extra), 3, word)
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# 5. A full disk (or another OS error while writing) is an output problem
+# ---------------------------------------------------------------------------
+
+
+def failing_put(monkeypatch, err: int, *, after: int = 2, filename: bool = False) -> None:
+    """Make zarr's file writes fail with ``err`` once ``after`` files are written."""
+    from zarr.storage import _local
+
+    real = _local._put
+    count = {"n": 0}
+
+    def put(path, value, exclusive=False):
+        count["n"] += 1
+        if count["n"] > after and ".partial-" in str(path):
+            raise OSError(err, os.strerror(err), str(path) if filename else None)
+        return real(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(_local, "_put", put)
+
+
+@pytest.mark.parametrize("stage", ["sparsify", "beamform", "train", "simulate"])
+def test_a_full_disk_is_exit_4_and_leaves_nothing(stage, cli, stores, tmp_path, monkeypatch):
+    out = tmp_path / "out.zarr"
+    args = {
+        "sparsify": ["sparsify", stores["img"], out],
+        "beamform": ["beamform", stores["ch"], out, "--psf-model", "analytic"],
+        "train": ["train", stores["sp"], out, "--epochs", "1"],
+        "simulate": ["simulate", out, "--frames", "4"],
+    }[stage]
+    failing_put(monkeypatch, errno.ENOSPC)
+    refused(cli(*args), 4, f"no space left on {tmp_path}")
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert not (tmp_path / "out.resume.zarr").exists()
+
+
+def test_other_write_errors_name_the_os_message(cli, stores, tmp_path, monkeypatch):
+    out = tmp_path / "out.zarr"
+    failing_put(monkeypatch, errno.EIO, filename=True)
+    refused(cli("sparsify", stores["img"], out), 4, "cannot write", "Input/output error")
+    monkeypatch.undo()
+    failing_put(monkeypatch, errno.EROFS)
+    refused(cli("sparsify", stores["img"], out), 4, "read-only file system")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_full_disk_for_stdout_is_exit_4(cli, stores, tmp_path, monkeypatch):
+    from ulmtools.cli import context
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(context.sys.stdout, "write", full)
+    r = cli("info", stores["img"])
+    assert r.code == 4 and "No space left" in r.err
+
+
+# ---------------------------------------------------------------------------
+# 7. SIGTERM: the temporary always goes, a finished run stays a success, workers die
+# ---------------------------------------------------------------------------
+
+
+def test_sigterm_after_the_rename_is_still_success(cli, stores, tmp_path, monkeypatch):
+    import signal
+
+    from ulmtools import store as store_mod
+
+    real = store_mod._replace
+
+    def replace_then_term(tmp, out, *, force):
+        real(tmp, out, force=force)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives between the rename and the summary
+
+    monkeypatch.setattr(store_mod, "_replace", replace_then_term)
+    out = tmp_path / "s.zarr"
+    r = cli("sparsify", stores["img"], out, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["output"] == str(out) and out.is_dir()
+
+
+def test_sigterm_during_cleanup_still_removes_the_temporary(cli, stores, tmp_path, monkeypatch):
+    import signal
+
+    from ulmtools import store as store_mod
+    from ulmtools.sparsify import core
+
+    real_drain = store_mod._drain_zarr_io
+
+    def drain_and_term(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM while cleaning up
+        real_drain(*a, **kw)
+
+    def interrupted(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM should have interrupted")
+
+    monkeypatch.setattr(store_mod, "_drain_zarr_io", drain_and_term)
+    monkeypatch.setattr(core, "select", interrupted)
+    out = tmp_path / "s.zarr"
+    r = cli("sparsify", stores["img"], out)
+    assert r.code == 130 and "interrupted" in r.err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_sigterm_with_writes_in_flight_leaves_no_temporary(cli, stores, tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+
+    from zarr.storage import _local
+
+    real = _local._put
+
+    def slow_put(path, value, exclusive=False):
+        time.sleep(0.05)  # writes still in flight on zarr's thread when SIGTERM lands
+        return real(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(_local, "_put", slow_put)
+    out = tmp_path / "s.zarr"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        r = cli("sparsify", stores["img"], out, "--method", "topk", "--k", "50")
+    finally:
+        timer.cancel()
+    time.sleep(0.3)  # anything still writing would re-create the temporary now
+    if r.code == 0:  # finished before the signal: then it must be whole
+        assert out.is_dir()
+    else:
+        assert r.code == 130 and not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_simulate_takes_its_workers_along(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ulm = Path(sys.executable).parent / "ulm"
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen(
+        [ulm, "simulate", out, "--movies", "400", "--frames", "64", "--workers", "2", "-q"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        workers: set[int] = set()
+        for _ in range(600):  # wait until the forkserver and both workers run
+            time.sleep(0.1)
+            workers = _descendants(proc.pid)
+            if len(workers) >= 3 or proc.poll() is not None:
+                break
+        assert proc.poll() is None and len(workers) >= 3, "workers did not start"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(100):
+            alive = {p for p in workers if Path(f"/proc/{p}").exists()}
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"workers still running: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

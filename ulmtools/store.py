@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -45,7 +46,7 @@ import zarr
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.registry import register_pipeline
 
-from ulmtools import __version__
+from ulmtools import __version__, interrupts
 from ulmtools.errors import InputError, OutputError, UsageError
 from ulmtools.grid import Grid, axes_metadata
 
@@ -626,13 +627,21 @@ def create_store(
     attrs: Mapping[str, Any] | None = None,
     force: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    final: bool = True,
 ) -> Iterator[zarr.Group]:
     """Create a store of ``kind`` atomically; yield its writable root group.
 
     The store is written under a hidden temporary name beside ``path`` and
     renamed into place when the ``with`` block ends without an exception. On
     any exception (including KeyboardInterrupt) the temporary store is
-    removed and an existing output is left as it was.
+    removed and an existing output is left as it was. An OS error while
+    writing (a full disk, a read-only file system) becomes an
+    :class:`OutputError` (exit code 4).
+
+    ``final`` marks the command's result: from just before its rename until the
+    command returns, SIGTERM and Ctrl-C are held (see :mod:`ulmtools.interrupts`),
+    so a finished run is never reported as interrupted. Intermediate stores
+    (training checkpoints) pass ``final=False``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}")
@@ -654,10 +663,90 @@ def create_store(
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         group.attrs.update(root_attrs)
         yield group
-        _replace(tmp, out, force=force)
+        if final:  # from here the run is complete: a signal no longer interrupts it
+            interrupts.finishing()
+        with interrupts.held():
+            _replace(tmp, out, force=force)
+    except OSError as exc:
+        _discard(tmp)
+        error = write_error(exc, out, tmp)
+        if error is None:
+            raise
+        raise error from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary store for good, whatever signal arrives meanwhile.
+
+    Writes still in flight on zarr's I/O thread are waited for first: one that
+    landed after the removal would re-create the folder with a stray chunk in it.
+    """
+    with interrupts.held(reraise=False):
+        _drain_zarr_io()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():  # a write raced the removal
+            _drain_zarr_io()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drain_zarr_io(timeout: float = 30.0) -> None:
+    """Wait for the tasks on zarr's event loop (writes an interruption left running)."""
+    import asyncio
+
+    from zarr.core import sync as zsync
+
+    loop = zsync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    with contextlib.suppress(Exception):  # a stuck loop must not turn cleanup into a crash
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout + 5)
+
+
+#: errno values that only a write can cause: always an output problem.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on {dir}",
+    errno.EDQUOT: "disk quota exceeded on {dir}",
+    errno.EROFS: "{dir} is on a read-only file system",
+    errno.EFBIG: "a file grew too large for the file system of {dir}",
+}
+
+
+def write_error(exc: OSError, out: Path, tmp: Path | None = None) -> OutputError | None:
+    """The :class:`OutputError` (exit 4) for an OS error met while writing ``out``.
+
+    A full disk, a quota, a read-only file system or a file-size limit always is
+    one; any other OS error is when it names a file of the output (or its
+    temporary). Returns None for an OS error about something else (an input).
+    """
+    where = out.resolve().parent
+    template = _WRITE_ERRNOS.get(exc.errno) if exc.errno is not None else None
+    if template is not None:
+        return OutputError(
+            f"{template.format(dir=where)} while writing {out}; nothing was left behind",
+            "free some space, or write the output elsewhere",
+        )
+    names = [exc.filename, getattr(exc, "filename2", None)]
+    ours = [out.resolve()] + ([tmp.resolve()] if tmp is not None else [])
+    for name in names:
+        if name is None:
+            continue
+        path = Path(os.fsdecode(name)).resolve()
+        if any(path == o or path.is_relative_to(o) for o in ours):
+            return OutputError(
+                f"cannot write {out}: {exc.strerror or exc}; nothing was left behind",
+                "check the output directory's permissions and space",
+            )
+    return None
 
 
 def _replace(tmp: Path, out: Path, *, force: bool) -> None:

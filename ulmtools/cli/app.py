@@ -8,6 +8,7 @@ import os
 # 2 threads for seconds per step (46 s against 1.6 s measured here). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import errno
 import signal
 import sys
 import traceback
@@ -17,7 +18,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from ulmtools import __version__
+from ulmtools import __version__, interrupts
 from ulmtools.cli import beamform as beamform_cmd
 from ulmtools.cli import infer as infer_cmd
 from ulmtools.cli import info
@@ -27,7 +28,7 @@ from ulmtools.cli import sparsify as sparsify_cmd
 from ulmtools.cli import track as track_cmd
 from ulmtools.cli import train as train_cmd
 from ulmtools.cli.context import state
-from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UlmError
+from ulmtools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, UlmError
 
 app = typer.Typer(
     name="ulm",
@@ -69,8 +70,9 @@ app.command("score")(score_cmd.score)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    # Turn SIGTERM into the same path as Ctrl-C, so atomic writers clean up.
-    raise KeyboardInterrupt
+    # Turn SIGTERM into the same path as Ctrl-C, so atomic writers clean up; held back
+    # while a temporary is removed and once the output is complete (ulmtools.interrupts).
+    interrupts.on_signal()
 
 
 def _fail(message: str, code: int) -> int:
@@ -78,15 +80,25 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ulm`` with ``argv``; return the exit code instead of raising."""
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run ``ulm`` with ``argv``; return the exit code instead of raising.
+
+    ``exiting``: the process ends after this; SIGTERM and Ctrl-C stay ignored
+    afterwards, so interpreter shutdown cannot turn a reported result into 143.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-v", "--verbose") for a in args):
         state.verbose = True
+    interrupts.reset()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigterm)
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="ulm", standalone_mode=False)
+        if result == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+            return _fail("interrupted; no output was left behind", EXIT_INTERRUPTED)
         return result if isinstance(result, int) else 0
     except UlmError as exc:
         if state.verbose:
@@ -103,19 +115,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{exc.format_message()}{where}", getattr(exc, "exit_code", EXIT_USAGE))
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # a full disk or read-only file system met outside an output store's writer
+        # (which maps its own): an output problem, not a bug
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            return _internal(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"cannot write: {exc.strerror or exc}{where}", EXIT_OUTPUT)
     except Exception as exc:
-        if state.verbose:
-            traceback.print_exc(file=sys.stderr)
-            return EXIT_INTERNAL
-        return _fail(
-            f"internal error: {exc.__class__.__name__}: {exc} "
-            "(rerun with --verbose for the traceback, and please report it)",
-            EXIT_INTERNAL,
-        )
+        return _internal(exc)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if exiting:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _internal(exc: BaseException) -> int:
+    if state.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+        return EXIT_INTERNAL
+    return _fail(
+        f"internal error: {exc.__class__.__name__}: {exc} "
+        "(rerun with --verbose for the traceback, and please report it)",
+        EXIT_INTERNAL,
+    )
 
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    sys.exit(main(exiting=True))

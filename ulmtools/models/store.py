@@ -173,8 +173,11 @@ def save(
     attrs: Mapping[str, Any] | None = None,
     force: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    final: bool = True,
 ) -> Path:
     """Write a model store at ``path`` atomically; return the path.
+
+    ``final=False`` marks an intermediate store (a checkpoint; see :func:`create_store`).
 
     ``name`` and ``kwargs`` must rebuild the network (``build(name, kwargs)``);
     ``training``, ``history`` and ``attrs`` are any JSON values. ``provenance``
@@ -196,7 +199,7 @@ def save(
         root.update(_json_checked(dict(attrs), "attributes"))
     index: list[dict[str, Any]] = []
     with create_store(
-        path, "model", provenance=provenance, attrs=root, force=force, inputs=inputs
+        path, "model", provenance=provenance, attrs=root, force=force, inputs=inputs, final=final
     ) as g:
         wg = g.require_group("weights")
         for i, (key, tensor) in enumerate(state_dict.items()):

@@ -11,10 +11,14 @@ returned to the parent, which writes ``truth/`` in movie order.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
 import os
 import secrets
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -435,13 +439,62 @@ _WORKER_PLAN: Plan | None = None
 _WORKER_WRITER: _Writer | None = None
 
 
-def _init_worker(p: Plan, root_path: str) -> None:
+def _init_worker(p: Plan, root_path: str, parent: int | None = None) -> None:
     global _WORKER_PLAN, _WORKER_WRITER
     import numba
+
+    if parent is not None:
+        die_with_parent(parent)
 
     numba.set_num_threads(1)
     _WORKER_PLAN = p
     _WORKER_WRITER = _Writer(root_path)
+
+
+def die_with_parent(parent: int, interval: float = 0.5) -> None:
+    """End this worker process when ``parent`` (the ulm process) is gone.
+
+    A worker's own parent is multiprocessing's forkserver, not ulm: on Linux the
+    kernel kills the worker when that process dies (PR_SET_PDEATHSIG), and a
+    daemon thread checks every ``interval`` seconds that ``parent`` still runs, so
+    a ``kill -9`` of ulm does not leave workers simulating for minutes.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="ulm-parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now (on an error or an interruption): no write after this returns."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+    pool.shutdown(wait=True)  # the manager thread notices the dead workers and closes queues
 
 
 def _worker_movie(m: int) -> MovieResult:
@@ -545,12 +598,13 @@ def run(
                 consume(simulate_movie(p, m, writer))
         else:
             ctx = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 max_workers=cfg.workers,
                 mp_context=ctx,
                 initializer=_init_worker,
-                initargs=(p, root_path),
-            ) as pool:
+                initargs=(p, root_path, os.getpid()),
+            )
+            try:
                 pending: dict[int, Future[MovieResult]] = {}
                 finished: dict[int, MovieResult] = {}
                 nxt = 0
@@ -568,6 +622,10 @@ def run(
                     while nxt in finished:
                         consume(finished.pop(nxt))
                         nxt += 1
+            except BaseException:
+                _stop_workers(pool)
+                raise
+            pool.shutdown(wait=True)
     truth.close()
     elapsed = time.perf_counter() - start
     return {

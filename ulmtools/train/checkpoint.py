@@ -118,6 +118,7 @@ def save_checkpoint(
             attrs={"resume": {"epoch": state.epoch, "param_groups": groups, "index": index}},
             force=True,
             inputs=inputs,
+            final=False,
         )
     if not (write_model or complete):
         return
@@ -132,6 +133,7 @@ def save_checkpoint(
         attrs={"parameters": state.model.num_parameters()},
         force=force,
         inputs=inputs,
+        final=complete,
     )
     if complete:
         shutil.rmtree(resume_path(model_path), ignore_errors=True)
