@@ -318,6 +318,8 @@ def test_truth_from_another_store_and_none_anywhere(cli: Cli, tmp_path: Path) ->
     assert r.code == 3 and "no ground truth" in r.err
     r = cli("score", tmp_path / "missing.zarr")
     assert r.code == 3 and "no such store" in r.err
+    r = cli("score", t)  # an image store is not a reconstruction
+    assert r.code == 3 and "prediction or tracks or angiogram" in r.err
 
 
 def test_movie_counts_and_movies_option(cli: Cli, tmp_path: Path) -> None:
