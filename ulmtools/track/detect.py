@@ -35,8 +35,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from scipy import ndimage
 
 from ulmtools.errors import UsageError
 
@@ -93,18 +93,52 @@ def peak_level(envelope: np.ndarray) -> float:
     return float(np.percentile(env, PEAK_PERCENTILE)) if env.size else 0.0
 
 
-def regional_maxima(envelope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@numba.njit(cache=True, nogil=True)
+def _maxima(env, floor, count_only, out):
+    """Pixels above ``floor`` that no in-bounds 3x3x3 neighbour exceeds (t, z, x, y)."""
+    nt, nz, nx, ny = env.shape
+    k = 0
+    for t in range(nt):
+        for z in range(nz):
+            for x in range(nx):
+                for y in range(ny):
+                    v = env[t, z, x, y]
+                    if not v > floor:
+                        continue
+                    peak = True
+                    for dz in range(max(z - 1, 0), min(z + 2, nz)):
+                        for dx in range(max(x - 1, 0), min(x + 2, nx)):
+                            for dy in range(max(y - 1, 0), min(y + 2, ny)):
+                                if env[t, dz, dx, dy] > v:
+                                    peak = False
+                                    break
+                            if not peak:
+                                break
+                        if not peak:
+                            break
+                    if peak:
+                        if not count_only:
+                            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = t, z, x, y
+                        k += 1
+    return k
+
+
+def regional_maxima(envelope: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of each frame that are the maximum of their 3x3 (3x3x3) neighbourhood.
 
-    ``envelope`` is (t, *space). Returns integer ``(t, *index)`` rows sorted by
-    frame and their envelope values. Zero-valued pixels are never maxima.
+    ``envelope`` is (t, *space); only pixels above ``floor`` (and so never a zero
+    pixel) are considered. Returns integer ``(t, *index)`` rows sorted by frame and
+    their envelope values. Ties count as maxima, as with a maximum filter.
     """
     env = np.asarray(envelope, dtype=np.float32)
-    size = (1,) + (3,) * (env.ndim - 1)
-    peak = ndimage.maximum_filter(env, size=size, mode="nearest")
-    mask = (env == peak) & (env > 0)
-    idx = np.argwhere(mask)
-    return idx.astype(np.int64), env[mask].astype(np.float64)
+    s = env.ndim - 1
+    env4 = env[..., None] if s == 2 else env
+    floor = max(float(floor), 0.0)
+    n = _maxima(env4, floor, True, np.zeros((0, 4), np.int64))
+    rows = np.zeros((n, 4), np.int64)
+    _maxima(env4, floor, False, rows)
+    values = env4[rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]].astype(np.float64)
+    return rows[:, : 1 + s], values
 
 
 def detect(
@@ -115,17 +149,17 @@ def detect(
     The floor is the level a maximum must exceed (the noise floor for ``snr``, the
     peak level less DB for ``peak``) and the noise floor for ``max-per-frame``.
     """
-    idx, val = regional_maxima(envelope)
     if detection.mode == "peak":
         level = (peak_level(envelope) if floor is None else float(floor)) * 10.0 ** (
             -detection.value / 20.0
         )
-        keep = val > level
-        return idx[keep], val[keep], level
+        idx, val = regional_maxima(envelope, level)
+        return idx, val, level
     floor = noise_floor(envelope) if floor is None else float(floor)
     if detection.mode == "snr":
-        keep = val > floor * 10.0 ** (detection.value / 20.0)
-        return idx[keep], val[keep], floor
+        idx, val = regional_maxima(envelope, floor * 10.0 ** (detection.value / 20.0))
+        return idx, val, floor
+    idx, val = regional_maxima(envelope)
     n = int(detection.value)
     if len(idx) == 0:
         return idx, val, floor
