@@ -30,6 +30,7 @@ import zarr
 from ulmtools.errors import InputError, UsageError
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.score.maps import dice
 from ulmtools.sites import SiteWriter
 from ulmtools.store import create_array
 from ulmtools.train.data import SparseMovies
@@ -110,13 +111,6 @@ def accumulate(
     hit = coords[prob > threshold]
     if len(hit):
         angiogram[tuple(hit.T.astype(np.int64))] += 1
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary maps (1.0 when both are empty)."""
-    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
 
 
 def angiogram_dice(

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ulmtools.infer.core import dice
-
 __all__ = [
     "AccumulatedScore",
     "PixelCounts",
@@ -26,6 +24,13 @@ __all__ = [
     "dice",
     "projected_dice",
 ]
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary maps, 2|A n B| / (|A| + |B|) (1.0 when both are empty)."""
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
 
 
 @dataclass(frozen=True)
