@@ -571,3 +571,41 @@ def test_kill_9_of_simulate_takes_its_workers_along(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ---------------------------------------------------------------------------
+# 6. Absurd sizes and counts are refused up front, naming the limit
+# ---------------------------------------------------------------------------
+
+LIMIT_CASES = [
+    (["simulate", "{o}", "--frames", "1000000000"], "of memory"),
+    (["simulate", "{o}", "--movies", "1000000000"], "uncompressed"),
+    (["simulate", "{o}", "--concentration", "1e12"], "of memory"),
+    (["simulate", "{o}", "--frames", "5000000", "--level", "image"], "of memory"),
+    (["simulate", "{o}", "--seed", "-1"], "--seed"),
+    (["simulate", "{o}", "--seed", str(2**64)], "18446744073709551615"),
+    (["simulate", "{o}", "--network-seed", "-5"], "--network-seed"),
+    (["beamform", "{ch}", "{o}", "--grid-size", "100000x100000"], "of memory"),
+    (["train", "{sp}", "{o}", "--epochs", "1000000000"], "limit of 10000"),
+    (["train", "{sp}", "{o}", "--channels", "100000"], "limit of 256"),
+    (["train", "{img}", "{o}", "--arch", "mask-cnn", "--channels", "100000"], "limit of 256"),
+    (["train", "{img}", "{o}", "--arch", "mask-cnn", "--epochs", "1000000000"], "limit"),
+    (["train", "{sp}", "{o}", "--seed", "-1"], "--seed"),
+    (["sparsify", "{img}", "{o}", "--device", "tpu"], "tpu"),
+    (["train", "{sp}", "{o}", "--device", "tpu"], "tpu"),
+    (["infer", "{model}", "{sp}", "{o}", "--device", "tpu"], "tpu"),
+    (["sparsify", "{img}", "-"], "'-'"),
+    (["beamform", "{ch}", "-"], "'-'"),
+    (["train", "{sp}", "-"], "'-'"),
+    (["infer", "{model}", "{sp}", "-"], "'-'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LIMIT_CASES)))
+def test_absurd_requests_are_usage_errors(case, cli, stores, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args, word = LIMIT_CASES[case]
+    out = tmp_path / "out.zarr"
+    r = cli(*fill(args, o=out, **stores))
+    refused(r, 2, word)
+    assert not out.exists() and not (tmp_path / "-").exists() and leftovers(tmp_path) == []

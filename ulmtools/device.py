@@ -13,11 +13,17 @@ if TYPE_CHECKING:
 _SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """The torch device for ``spec``; refuses CUDA when none is usable."""
+def check_spec(spec: str | None) -> str:
+    """``spec`` normalised; a :class:`UsageError` unless it is auto, cpu, cuda or cuda:N."""
     spec = (spec or "auto").strip().lower()
     if not _SPEC.match(spec):
         raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda or cuda:N")
+    return spec
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """The torch device for ``spec``; refuses CUDA when none is usable."""
+    spec = check_spec(spec)
     import torch
 
     if spec == "auto":

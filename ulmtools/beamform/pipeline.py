@@ -35,6 +35,7 @@ from ulmtools.beamform.correlation import echo_model, psf_correlation, system_ps
 from ulmtools.beamform.das import DASOperator
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import SPACE_AXES, Grid
+from ulmtools.limits import check_memory
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, create_array, default_chunks
 
@@ -314,6 +315,7 @@ def plan(source: Store, config: BeamformConfig) -> Plan:
             f"{n_frames}-frame movies",
             f"use K < {min(n_frames, int(np.prod(grid.shape)))}",
         )
+    _check_memory(mode, acq, grid, n_frames, config)
     psf_source = psf_model = None
     if config.correlate:
         if mode == "image" and "psf" in source.group:
@@ -359,6 +361,25 @@ def plan(source: Store, config: BeamformConfig) -> Plan:
         "psf_model_choice": config.psf_model,
     }
     return p
+
+
+def _check_memory(
+    mode: str, acq: Acquisition | None, grid: Grid, n_frames: int, config: BeamformConfig
+) -> None:
+    """Refuse a grid whose movies (or DAS matrix) cannot be held in memory."""
+    pixels = float(np.prod([float(n) for n in grid.shape]))
+    # a movie, its clutter-filtered copy and its correlation are held at once (complex64)
+    need = 8.0 * n_frames * pixels * (3 if config.correlate or config.clutter else 1)
+    if mode == "channel" and acq is not None:
+        # DAS weights: about one (complex64 value, int32 index) per pixel, element and
+        # transmit (measured: 0.98 per triple for a 32x32 grid of the 2D preset)
+        need += 12.0 * pixels * acq.n_elements * acq.n_transmits
+    shape = "x".join(str(n) for n in grid.shape)
+    check_memory(
+        need,
+        f"a {shape} grid with {n_frames}-frame movies",
+        "use a smaller --grid-size or a coarser --grid-step",
+    )
 
 
 def _check_complex(arr: zarr.Array, source: Store, layout: str) -> None:

@@ -19,19 +19,38 @@ Verbose = Annotated[
 Json = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
 ]
+#: Seeds are unsigned 64-bit integers (what numpy and torch accept).
+SEED_MAX = 2**64 - 1
+
 Seed = Annotated[
     int | None,
     typer.Option(
         "--seed",
         help="Random seed; the seed used is recorded in the output's provenance.",
         show_default="random",
+        min=0,
+        max=SEED_MAX,
     ),
 ]
+
+
+def _device_spec(value: str) -> str:
+    """Refuse an unknown --device before any work, whichever stage takes it."""
+    from ulmtools.device import check_spec
+    from ulmtools.errors import UsageError
+
+    try:
+        return check_spec(value)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 Device = Annotated[
     str,
     typer.Option(
         "--device",
         help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.",
+        callback=_device_spec,
     ),
 ]
 Workers = Annotated[

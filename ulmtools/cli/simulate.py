@@ -7,7 +7,16 @@ from typing import Annotated
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
-from ulmtools.cli.options import Force, Json, OutputStore, Quiet, Seed, Verbose, Workers
+from ulmtools.cli.options import (
+    SEED_MAX,
+    Force,
+    Json,
+    OutputStore,
+    Quiet,
+    Seed,
+    Verbose,
+    Workers,
+)
 from ulmtools.store import check_output, create_store, lineage, provenance_entry
 
 
@@ -48,6 +57,8 @@ def simulate(
             help="Seed of the synthetic vessel tree (the 'animal'); use different values for "
             "training, validation and test sets. Default: --seed.",
             show_default=False,
+            min=0,
+            max=SEED_MAX,
         ),
     ] = None,
     engine: Annotated[
@@ -120,7 +131,8 @@ def simulate(
     5 tilts, 750 Hz, 32^3 grid at lambda/2; 512 frames per movie.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.simulate.run import SimulationConfig, plan, run, validate
+    from ulmtools.limits import check_disk
+    from ulmtools.simulate.run import SimulationConfig, output_bytes, plan, run, validate
 
     config = SimulationConfig(
         dim=dim,
@@ -143,6 +155,12 @@ def simulate(
     inputs = [vessels] if vessels not in ("tree", "random") else []
     check_output(output, force=force, inputs=inputs)
     work = plan(config)
+    check_disk(
+        output_bytes(work),
+        output,
+        f"{work.config.movies} movie(s) of {work.n_frames} frames",
+        "simulate fewer --movies or --frames, or write to a larger disk",
+    )
     params = work.parameters
     acq = work.acquisition
     if params["network_edges"]:

@@ -32,6 +32,7 @@ from zarr.codecs import BloscCodec
 from ulmtools.acquisition import Acquisition, Preset, preset
 from ulmtools.errors import UsageError
 from ulmtools.grid import Grid, axes_metadata
+from ulmtools.limits import check_memory
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.simulate import echoes
 from ulmtools.simulate import flow as flowmod
@@ -175,6 +176,47 @@ def _region(acq: Acquisition, grid: Grid, fine: Grid, margin: float) -> flowmod.
     return flowmod.Region(d, lo, hi, elo, ehi, fo, fs, shape)  # type: ignore[arg-type]
 
 
+#: Bytes per simulated bubble and frame held while a movie is made: its position,
+#: frame, id and amplitude, and the truth row written from them.
+BUBBLE_FRAME_BYTES = 96
+#: Bytes per frame of per-frame state (times, tissue motion, counts), bubbles aside.
+FRAME_BYTES = 64
+
+
+def _bubble_rows(cfg: SimulationConfig, region: flowmod.Region, frames: int) -> float:
+    """Bubbles x frames of one movie, in the echo region (the field of view and its margin)."""
+    d = cfg.dim
+    fov = float(np.prod((region.fov_hi - region.fov_lo)[:d]))
+    echo = float(np.prod((region.echo_hi - region.echo_lo)[:d]))
+    return float(cfg.concentration) * (echo / fov if fov > 0 else 1.0) * frames
+
+
+def _check_memory(
+    cfg: SimulationConfig, acq: Acquisition, grid: Grid, region: flowmod.Region
+) -> None:
+    """Refuse frames or a concentration whose one movie cannot be held in memory."""
+    frames = int(cfg.frames or 0)
+    need = _bubble_rows(cfg, region, frames) * BUBBLE_FRAME_BYTES + frames * FRAME_BYTES
+    if cfg.level == "image":  # iq and corr of a whole movie are made at once
+        need += 16.0 * frames * float(np.prod(grid.shape))
+    check_memory(
+        need,
+        f"one movie of {frames} frames with {cfg.concentration:g} bubbles per frame",
+        "use fewer --frames per movie (and more --movies) or a lower --concentration",
+    )
+
+
+def output_bytes(p: Plan) -> float:
+    """The store's uncompressed size: data arrays and truth rows of every movie."""
+    cfg = p.config
+    if cfg.level == "channel":
+        data = 8.0 * float(np.prod([float(n) for n in p.channel_shape]))
+    else:
+        data = 16.0 * float(np.prod([float(n) for n in p.image_shape]))
+    truth = 32.0 * cfg.movies * _bubble_rows(cfg, p.region, p.n_frames)
+    return data + truth
+
+
 def plan(config: SimulationConfig) -> Plan:
     """Validate and resolve every parameter; build or load the vessel network."""
     cfg = validate(config)
@@ -187,6 +229,7 @@ def plan(config: SimulationConfig) -> Plan:
     fine = grid.refined(TRUTH_FACTOR)
     margin = (cfg.margin_wavelengths or MARGIN_WAVELENGTHS[cfg.dim]) * acq.wavelength
     region = _region(acq, grid, fine, margin)
+    _check_memory(cfg, acq, grid, region)
     network = None
     prepared = None
     dilation = 1.0
