@@ -609,3 +609,25 @@ def test_absurd_requests_are_usage_errors(case, cli, stores, tmp_path, monkeypat
     r = cli(*fill(args, o=out, **stores))
     refused(r, 2, word)
     assert not out.exists() and not (tmp_path / "-").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["int8", "nan"])
+def test_model_weights_must_be_finite_floats(damage, cli, stores, tmp_path) -> None:
+    model = copy(stores["model"], tmp_path)
+    attrs = json.loads((model / "zarr.json").read_text())["attributes"]
+    entry = attrs["weights"][0]
+    arr = zarr.open_array(str(model / entry["array"]), mode="r")
+    data = arr[...]
+    g = zarr.open_group(str(model), mode="r+")
+    del g[entry["array"]]
+    if damage == "int8":
+        g.create_array(entry["array"], data=data.astype(np.int8))
+        entry["dtype"] = "int8"
+        edit_json(model / "zarr.json", lambda m: m["attributes"].update(weights=attrs["weights"]))
+    else:
+        data.flat[0] = np.nan
+        g.create_array(entry["array"], data=data)
+    out = tmp_path / "p.zarr"
+    word = "int8" if damage == "int8" else "NaN"
+    refused(cli("infer", model, stores["sp"], out), 3, entry["key"], word)
+    assert not out.exists()

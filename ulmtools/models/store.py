@@ -349,6 +349,20 @@ def load(
     """Rebuild the network of a model store, load its weights; return it in eval mode."""
     state, meta = load_state(path, device="cpu")
     model = build(meta.name, meta.kwargs)
+    expected = model.state_dict()
+    for key, t in state.items():
+        want = expected.get(key)
+        if want is not None and want.is_floating_point() and not t.is_floating_point():
+            raise InputError(
+                f"{meta.path}: the weight {key!r} is stored as {t.dtype}; the network needs "
+                f"floating point ({want.dtype})",
+                "quantized or integer weights are not supported; save float weights",
+            )
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise InputError(
+                f"{meta.path}: the weight {key!r} holds NaN or infinite values",
+                "the model is damaged (or its training diverged); retrain it",
+            )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
