@@ -9,10 +9,13 @@ Exit codes (documented in README.md and ``man ulm``):
 ====  =====================================================================
 0     success
 1     internal error (a bug: rerun with ``--verbose`` and report it)
-2     usage error: unknown option, bad option value, missing argument
+2     usage error: unknown option, bad option value, missing argument, a
+      request above an up-front limit (memory or disk it implies)
 3     bad input: missing path, not a Zarr store, wrong kind or version,
-      missing array or attribute, inconsistent shapes
-4     output problem: the output exists (use ``--force``) or cannot be written
+      missing array or attribute, inconsistent shapes, a corrupt store,
+      NaN or infinite data, a training loss that became non-finite
+4     output problem: the output exists (use ``--force``), is inside an
+      input, or cannot be written (no space left, read-only, other OS error)
 5     backend or device unavailable (CUDA, MinkowskiEngine, pymust)
 130   interrupted (Ctrl-C or SIGTERM); no output is left behind
 ====  =====================================================================
@@ -31,10 +34,12 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (a bug: rerun with --verbose and report it)",
-    EXIT_USAGE: "usage error: unknown option, bad option value or missing argument",
-    EXIT_INPUT: "bad input: missing or unreadable store, wrong kind or version, "
-    "missing array or attribute, inconsistent shapes",
-    EXIT_OUTPUT: "output problem: the output exists (use --force) or cannot be written",
+    EXIT_USAGE: "usage error: unknown option, bad option value, missing argument "
+    "or a request above an up-front limit",
+    EXIT_INPUT: "bad input: missing, unreadable or corrupt store, wrong kind or version, "
+    "missing array or attribute, inconsistent shapes, non-finite data",
+    EXIT_OUTPUT: "output problem: the output exists (use --force), is inside an input, "
+    "or cannot be written (e.g. no space left)",
     EXIT_BACKEND: "backend or device unavailable (CUDA, MinkowskiEngine, pymust)",
     EXIT_INTERRUPTED: "interrupted; no output is left behind",
 }
