@@ -393,3 +393,27 @@ def test_train_mask_cnn_for_sparsify(cli, data2d: Path, tmp_path: Path) -> None:
     assert cli("sparsify", img, sparse, "--method", "mask", "--mask-model", out).code == 0
     r = cli("train", img, tmp_path / "x.zarr", "--arch", "mask-cnn", "--pruning")
     assert r.code == 2 and "does not apply" in r.err
+
+
+def test_several_training_stores_are_one_set(cli, data2d: Path, data3d: Path, tmp_path: Path):
+    from ulmtools.errors import InputError
+    from ulmtools.train.data import MovieSet
+
+    one = SparseMovies(data2d, need_truth=True)
+    both = MovieSet([one, SparseMovies(data2d, need_truth=True)])
+    assert len(both) == 2 * len(one) and both.dimension == one.dimension
+    c0, f0 = one.movie(1)
+    c1, f1 = both.movie(len(one) + 1)
+    assert (c0 == c1).all() and (f0 == f1).all()
+    assert (both.target(len(one)) == one.target(0)).all()
+    assert (both.truth_angiogram() == one.truth_angiogram()).all()
+    with pytest.raises(InputError):
+        MovieSet([one, SparseMovies(data3d, need_truth=True)])  # another dimension
+    out = tmp_path / "m.zarr"
+    r = cli("train", data2d, out, "--also", data2d, "--epochs", "1", "--channels", "8",
+            "--seed", "1", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    _, meta = model_store.load(out)
+    assert meta.history[0]["steps"] == -(-2 * len(one) // meta.history[0]["batch_size"])
+    assert len(meta.training["also"]) == 1
+    assert cli("train", data2d, tmp_path / "n.zarr", "--also", data3d).code == 3

@@ -48,6 +48,15 @@ def train(
             case_sensitive=False,
         ),
     ] = Arch.sparse_deepstulm,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--also",
+            help="Another training sparse store (repeatable): its movies join TRAIN's, e.g. "
+            "other vessel networks, concentrations or noise levels (same dimension and grid).",
+            show_default=False,
+        ),
+    ] = None,
     val: Annotated[
         Path | None,
         typer.Option(
@@ -146,6 +155,7 @@ def train(
     if arch is Arch.mask_cnn:
         given = {
             "--val": val is not None,
+            "--also": bool(also),
             "--schedule": schedule != "auto",
             "--deep-supervision": deep_supervision,
             "--pruning": pruning,
@@ -170,10 +180,13 @@ def train(
     from ulmtools.store import check_output, lineage, provenance_entry
     from ulmtools.train.checkpoint import load_resume, resume_path, save_checkpoint
     from ulmtools.train.config import TrainConfig, resolve_schedule
-    from ulmtools.train.data import SparseMovies
+    from ulmtools.train.data import MovieSet, SparseMovies
     from ulmtools.train.loop import fit, new_state, peak_memory_mb
 
+    more = list(also or [])
     data = SparseMovies(train_store, need_truth=True)
+    if more:
+        data = MovieSet([data, *(SparseMovies(p, need_truth=True) for p in more)])
     val_data = SparseMovies(val, need_truth=True) if val is not None else None
     if val_data is not None and val_data.dimension != data.dimension:
         raise UsageError(
@@ -182,7 +195,7 @@ def train(
         )
     sp.get_backend(backend.value)  # refuse an unavailable backend before any work
     torch_device = resolve_device(device)
-    inputs = [train_store] + ([val] if val is not None else [])
+    inputs = [train_store, *more] + ([val] if val is not None else [])
 
     state = None
     if resume:
@@ -241,6 +254,7 @@ def train(
         "config": config.to_dict(),
         "model": {},
         "train": data.store.describe(),
+        "also": [st.describe() for st in data.stores[1:]] if more else [],
         "val": val_data.store.describe() if val_data is not None else None,
         "device": str(torch_device),
         "dimension": data.dimension,
@@ -250,9 +264,10 @@ def train(
     entry = provenance_entry(
         "train",
         {"config": config.to_dict(), "device": str(torch_device), "resume": resume},
-        [data.store] + ([val_data.store] if val_data is not None else []),
+        [*getattr(data, "stores", [data.store])]
+        + ([val_data.store] if val_data is not None else []),
     )
-    prov = lineage([data.store], entry)
+    prov = lineage([*getattr(data, "stores", [data.store])], entry)
     if resume:
         from ulmtools.models.store import info as model_info
 

@@ -184,3 +184,71 @@ class SparseMovies:
         for m in range(self.n) if movies is None else movies:
             out |= self.target(m)
         return out
+
+
+class MovieSet:
+    """Several sparse stores trained on as one set: their movies one after another.
+
+    Every part must be of the same dimension and grid (the network's input and x8
+    output grids); part ``i``'s movie ``j`` is movie ``sum(len(parts[:i])) + j``.
+    Gives what the training loop reads: ``movie``, ``target(s)``, ``sites``,
+    ``truth_angiogram``, ``dimension``, ``grid``, ``fine_grid``; ``store`` is the
+    first part's (its provenance), ``stores`` all of them.
+    """
+
+    def __init__(self, parts: Sequence[SparseMovies]) -> None:
+        if not parts:
+            raise InputError("no training store given")
+        self.parts = list(parts)
+        first = self.parts[0]
+        for p in self.parts[1:]:
+            if p.dimension != first.dimension or tuple(p.fine_grid.shape) != tuple(
+                first.fine_grid.shape
+            ):
+                raise InputError(
+                    f"{p.store.path}: movies of shape {p.shape} on grid {p.grid.shape} do not "
+                    f"match {first.store.path} ({first.shape} on {first.grid.shape})",
+                    "train on stores of the same dimension and grid",
+                )
+        self.store = first.store
+        self.stores = [p.store for p in self.parts]
+        self.grid = first.grid
+        self.fine_grid = first.fine_grid
+        self.space_ndim = first.space_ndim
+        self.shape = first.shape
+        self.truth = first.truth
+        self._start = np.cumsum([0] + [len(p) for p in self.parts])
+
+    @property
+    def dimension(self) -> int:
+        return self.parts[0].dimension
+
+    def __len__(self) -> int:
+        return int(self._start[-1])
+
+    def _where(self, m: int) -> tuple[SparseMovies, int]:
+        if not 0 <= m < len(self):
+            raise IndexError(m)
+        i = int(np.searchsorted(self._start, m, side="right")) - 1
+        return self.parts[i], m - int(self._start[i])
+
+    def sites(self, m: int) -> int:
+        p, j = self._where(m)
+        return p.sites(j)
+
+    def movie(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        p, j = self._where(m)
+        return p.movie(j)
+
+    def target(self, m: int, dilation: int = 0) -> np.ndarray:
+        p, j = self._where(m)
+        return p.target(j, dilation)
+
+    def targets(self, movies: Sequence[int], dilation: int = 0) -> np.ndarray:
+        return np.stack([self.target(m, dilation) for m in movies])
+
+    def truth_angiogram(self, movies: Sequence[int] | None = None) -> np.ndarray:
+        out = np.zeros(self.fine_grid.shape, dtype=bool)
+        for m in range(len(self)) if movies is None else movies:
+            out |= self.target(m)
+        return out
