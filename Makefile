@@ -1,6 +1,7 @@
 # ulmtools: every target installs what it needs into a local virtual environment.
 #
-#   make demo      simulate -> beamform -> ... on a small data set, then score it
+#   make demo      simulate -> beamform -> sparsify -> infer shipped:2d and track -> score (2D)
+#   make demo-3d   the same in 3D
 #   make test      the fast test suite (what CI runs)
 #   make test-all  every test, slow ones included
 #   make lint      ruff check + format check
@@ -19,7 +20,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format bench demo clean minkowski weights
+.PHONY: install test test-all lint format bench demo demo-3d clean minkowski weights
 
 install: $(STAMP)
 
@@ -55,6 +56,9 @@ weights: install
 
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
+
+demo-3d: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" DEMO_DIM=3 bash examples/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo
