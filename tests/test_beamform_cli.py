@@ -194,12 +194,17 @@ def test_image_store_input(tmp_path: Path, cli, channel2d) -> None:
     got = open_store(out)
     assert got.array("corr").shape == iq.shape
     assert got.attrs["beamform"]["psf_source"] == "computed"
-    # without an acquisition: its own psf array, else --no-correlate is needed
+    # without an acquisition: its own psf array, --psf, or one estimated from its bubbles
     bare = tmp_path / "bare.zarr"
     make_image_store(bare, iq, store.grid)
-    refused = cli("beamform", bare, tmp_path / "x.zarr")
-    assert refused.code == EXIT_INPUT and "--no-correlate" in refused.err
-    assert not (tmp_path / "x.zarr").exists()
+    estimated = cli("beamform", bare, tmp_path / "x.zarr")
+    assert estimated.code == 0, estimated.err
+    assert open_store(tmp_path / "x.zarr").attrs["beamform"]["psf_source"] == "estimated"
+    gauss = cli("beamform", bare, tmp_path / "g.zarr", "--psf", "gaussian:50um,100um")
+    assert gauss.code == 0, gauss.err
+    assert open_store(tmp_path / "g.zarr").attrs["beamform"]["psf_source"] == "gaussian"
+    refused = cli("beamform", bare, tmp_path / "l.zarr", "--psf", "gaussian:lambda")
+    assert refused.code == EXIT_USAGE and "wavelength" in refused.err
     assert cli("beamform", bare, tmp_path / "y.zarr", "--no-correlate").code == 0
     with_psf = tmp_path / "psf.zarr"
     make_image_store(with_psf, iq, store.grid)

@@ -30,8 +30,9 @@ import numpy as np
 import zarr
 
 from ulmtools.acquisition import Acquisition
+from ulmtools.beamform import psf_source as psf_source_mod
 from ulmtools.beamform.clutter import svd_filter
-from ulmtools.beamform.correlation import echo_model, psf_correlation, system_psf
+from ulmtools.beamform.correlation import echo_model, psf_correlation, psf_window, system_psf
 from ulmtools.beamform.das import DASOperator
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import SPACE_AXES, Grid
@@ -74,6 +75,7 @@ class BeamformConfig:
     fnumber: str = "auto"  # "auto" or a number (0 = full aperture)
     psf_model: str = "auto"  # point-echo model of the PSF: auto, simulate or analytic
     workers: int = 0  # 0: every core
+    psf: str | None = None  # FILE, gaussian:FWHM_Z,FWHM_X[,FWHM_Y] or estimate (psf_source)
 
 
 _UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6}
@@ -240,7 +242,7 @@ class Plan:
     interp: str
     fnumber: str | float
     workers: int
-    psf_source: str | None  # "computed", "input" or None
+    psf_source: str | None  # "computed", "input", "gaussian", "file", "estimated" or None
     psf_model: str | None  # qualified name of the echo model, when computed
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -317,17 +319,26 @@ def plan(source: Store, config: BeamformConfig) -> Plan:
         )
     _check_memory(mode, acq, grid, n_frames, config)
     psf_source = psf_model = None
+    psf_spec: dict[str, Any] = {}
     if config.correlate:
-        if mode == "image" and "psf" in source.group:
+        spec_kind, spec = psf_source_mod.parse_spec(config.psf)
+        if config.psf is not None and spec_kind != "estimate":
+            psf_source = spec_kind
+            if spec_kind == "gaussian":
+                wl = acq.wavelength if acq is not None else attrs.get("wavelength")
+                fwhm = psf_source_mod.gaussian_fwhm(spec, grid.ndim, wl)
+                psf_spec = {"fwhm": list(fwhm)}
+            else:
+                psf_spec = {"file": str(spec)}
+        elif config.psf is not None and mode == "channel":
+            raise UsageError("--psf estimate applies to beamformed IQ (an image store)")
+        elif mode == "image" and "psf" in source.group and config.psf is None:
             psf_source = "input"
-        elif acq is not None:
+        elif acq is not None and config.psf is None:
             psf_source = "computed"
             psf_model = echo_model(config.psf_model)[1]
         else:
-            raise InputError(
-                f"{source.path} has no acquisition attribute to compute the system PSF from",
-                "add the acquisition attribute or a psf array, or pass --no-correlate",
-            )
+            psf_source = "estimated"
     fpc = config.frames_per_chunk
     if fpc is None:
         fpc = default_chunks((n_movies, n_frames, *grid.shape), np.complex64)[1]
@@ -359,6 +370,7 @@ def plan(source: Store, config: BeamformConfig) -> Plan:
         "psf_source": psf_source,
         "psf_model": psf_model,
         "psf_model_choice": config.psf_model,
+        "psf_spec": psf_spec,
     }
     return p
 
@@ -495,6 +507,9 @@ def run(
                     "sizes centred on its middle pixel is needed"
                 )
             psf_grid_attrs = dict(p.source.array("psf").attrs.get("grid", {}))
+        elif p.psf_source in ("gaussian", "file", "estimated"):
+            psf = _psf_without_acquisition(p, summary)
+            psf_grid_attrs = psf_window(grid, psf.shape).to_attrs()
         else:
             assert p.acquisition is not None
             psf, psf_grid = system_psf(
@@ -551,6 +566,27 @@ def run(
         }
     )
     return summary
+
+
+def _psf_without_acquisition(p: Plan, summary: dict[str, Any]) -> np.ndarray:
+    """The PSF of ``--psf`` (a Gaussian, a file) or estimated from the data's bubbles."""
+    from pathlib import Path
+
+    if p.psf_source == "gaussian":
+        return psf_source_mod.gaussian_psf(tuple(p.parameters["psf_spec"]["fwhm"]), p.grid)
+    if p.psf_source == "file":
+        return psf_source_mod.load_psf(Path(p.parameters["psf_spec"]["file"]), p.grid)
+    src = p.source.array("iq")
+
+    def movies():  # clutter-filtered, as the correlation will see them
+        for m in range(min(p.n_movies, psf_source_mod.MAX_MOVIES)):
+            movie = np.asarray(src[m]).astype(np.complex64, copy=False)
+            check_finite(movie, f"{p.source.path}/iq", movie=m)
+            yield svd_filter(movie, p.clutter) if p.clutter else movie
+
+    psf, info = psf_source_mod.estimate_psf(movies(), p.grid)
+    summary["psf_estimate"] = info
+    return psf
 
 
 def _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, pool) -> None:

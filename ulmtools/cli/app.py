@@ -20,6 +20,8 @@ from typer.exceptions import TyperException
 
 from ulmtools import __version__, interrupts
 from ulmtools.cli import beamform as beamform_cmd
+from ulmtools.cli import export as export_cmd
+from ulmtools.cli import importer as import_cmd
 from ulmtools.cli import infer as infer_cmd
 from ulmtools.cli import info
 from ulmtools.cli import score as score_cmd
@@ -67,6 +69,8 @@ app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
 app.command("track")(track_cmd.track)
 app.command("score")(score_cmd.score)
+app.command("import")(import_cmd.import_)
+app.command("export")(export_cmd.export)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -87,6 +87,16 @@ def beamform(
             "installed), simulate or analytic.",
         ),
     ] = "auto",
+    psf: Annotated[
+        str | None,
+        typer.Option(
+            "--psf",
+            help="PSF for beamformed IQ without an acquisition: FILE (.npy, or an image store's "
+            "psf), gaussian:FWHM_Z,FWHM_X[,FWHM_Y] (metres, or 50um, 0.5lambda), or estimate "
+            "(from isolated bubbles; the default when there is neither acquisition nor psf).",
+            show_default=False,
+        ),
+    ] = None,
     workers: Workers = 0,
     force: Force = False,
     json: Json = False,
@@ -101,7 +111,9 @@ def beamform(
     the clutter filter; corr, the local normalised complex correlation with the
     system PSF; psf, that PSF (one point at the grid centre, by the same chain).
     An image store holding beamformed iq without corr is accepted too: then only
-    the clutter filter and the correlation run. Ground truth is copied through.
+    the clutter filter and the correlation run, with the store's psf, the PSF of its
+    acquisition, --psf, or one estimated from isolated bubbles. Ground truth is
+    copied through.
     """
     setup(verbose=verbose, quiet=quiet)
     from ulmtools.beamform.pipeline import (
@@ -123,6 +135,7 @@ def beamform(
         fnumber=fnumber,
         psf_model=psf_model,
         workers=workers,
+        psf=psf,
     )
     src = open_store(input, ["channel", "image"])
     work = plan(src, config)
@@ -132,6 +145,8 @@ def beamform(
     attrs = {"beamform": work.parameters}
     if "acquisition" in src.attrs:
         attrs["acquisition"] = dict(src.attrs["acquisition"])
+    if "wavelength" in src.attrs:
+        attrs["wavelength"] = src.attrs["wavelength"]
     with create_store(
         output,
         "image",
@@ -157,6 +172,13 @@ def beamform(
             + (f", DAS {das['nnz']:,} weights" if das else ", input already beamformed")
             + (f", clutter svd:{work.clutter}" if work.clutter else "")
             + (f", PSF {'x'.join(map(str, summary['psf_shape']))}" if work.correlate else "")
+            + (
+                f" estimated from {summary['psf_estimate']['patches']} isolated bubbles"
+                if "psf_estimate" in summary
+                else f" ({work.psf_source})"
+                if work.psf_source in ("gaussian", "file")
+                else ""
+            )
             + (", truth copied" if summary["truth"] else "")
         )
     emit(result, as_json=json, text=text)
