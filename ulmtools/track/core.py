@@ -35,7 +35,7 @@ import zarr
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 from ulmtools.progress import ProgressCallback, no_progress
-from ulmtools.sites import SiteWriter
+from ulmtools.sites import RaggedWriter, SiteWriter
 from ulmtools.store import Store, create_array
 from ulmtools.track.detect import Detection, detect
 from ulmtools.track.link import Trajectory, kinematics, link
@@ -290,48 +290,36 @@ class LocalizationWriter:
     """Appends each movie's localization table to ``localizations/`` (bounded memory)."""
 
     def __init__(self, root: zarr.Group, grid: Grid) -> None:
-        self.group = root.require_group("localizations")
+        group = root.require_group("localizations")
+        group.attrs.update({"coordinates": list(grid.axes), "unit": "metre"})
         d = grid.ndim
-        self.group.attrs.update({"coordinates": list(grid.axes), "unit": "metre"})
-
-        def column(name: str, dtype: str, width: int | None, **attrs: Any) -> zarr.Array:
-            shape = (0,) if width is None else (0, width)
-            chunks = (ROWS_PER_CHUNK,) if width is None else (ROWS_PER_CHUNK, width)
-            dims = ("row",) if width is None else ("row", "coordinate")
-            return create_array(
-                self.group, name, shape=shape, dtype=dtype, dims=dims, chunks=chunks, attrs=attrs
-            )
-
-        self.positions = column("positions", "float64", d, unit="metre", axes_order=list(grid.axes))
-        self.frames = column("frames", "int32", None)
-        self.intensity = column("intensity", "float32", None, meaning="envelope at the maximum")
-        self.track = column("track", "int64", None, meaning="track id; -1 not in a kept track")
-        self.velocity = column("velocity", "float32", d, unit="metre/second")
-        self._offsets = [0]
+        xyz = {"dims": ("row", "coordinate")}
+        self.table = RaggedWriter(
+            group,
+            {
+                "positions": ("float64", d, xyz | {"unit": "metre", "axes_order": list(grid.axes)}),
+                "frames": ("int32", None, {}),
+                "intensity": ("float32", None, {"meaning": "envelope at the maximum"}),
+                "track": ("int64", None, {"meaning": "track id; -1 not in a kept track"}),
+                "velocity": ("float32", d, xyz | {"unit": "metre/second"}),
+            },
+            rows_per_chunk=ROWS_PER_CHUNK,
+        )
         self._next_track = 0
 
     def write_movie(self, mt: MovieTracks) -> None:
-        n = len(mt.frames)
-        if n:
-            ids = np.where(mt.labels >= 0, mt.labels + self._next_track, -1)
-            self.positions.append(mt.positions, axis=0)
-            self.frames.append(mt.frames, axis=0)
-            self.intensity.append(mt.intensity, axis=0)
-            self.track.append(ids.astype(np.int64), axis=0)
-            self.velocity.append(mt.velocity.astype(np.float32), axis=0)
+        ids = np.where(mt.labels >= 0, mt.labels + self._next_track, -1)
+        self.table.write_movie(
+            positions=mt.positions,
+            frames=mt.frames,
+            intensity=mt.intensity,
+            track=ids,
+            velocity=mt.velocity,
+        )
         self._next_track += mt.n_tracks
-        self._offsets.append(self._offsets[-1] + n)
 
     def close(self) -> None:
-        off = np.asarray(self._offsets, dtype=np.int64)
-        create_array(
-            self.group,
-            "offsets",
-            shape=off.shape,
-            dtype="int64",
-            dims=("movie_edge",),
-            chunks=off.shape,
-        )[:] = off
+        self.table.close()
 
 
 @dataclass
