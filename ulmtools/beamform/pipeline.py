@@ -37,6 +37,7 @@ from ulmtools.beamform.das import DASOperator
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import SPACE_AXES, Grid
 from ulmtools.limits import check_memory
+from ulmtools.memory import return_large_buffers_to_os
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, create_array, default_chunks
 
@@ -48,6 +49,7 @@ __all__ = [
     "parse_grid_step",
     "plan",
     "resolve_grid",
+    "return_large_buffers_to_os",
     "run",
 ]
 
@@ -405,26 +407,6 @@ def _check_complex(arr: zarr.Array, source: Store, layout: str) -> None:
 # ---------------------------------------------------------------------------
 # Running it
 # ---------------------------------------------------------------------------
-
-
-def return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve buffers above ``threshold`` bytes by mmap (freed back to the OS).
-
-    glibc's default threshold grows as large blocks are freed, after which the
-    freed blocks of each movie stay in the process (one heap per thread that
-    touched them) and the resident size creeps up with the number of movies
-    although live memory does not. A fixed threshold keeps the footprint flat.
-    Returns False where this is not glibc. A process-wide choice: the CLI
-    makes it, the library functions do not.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 @dataclass

@@ -157,6 +157,9 @@ def import_(
         block_frames=block_frames,
     )
     check_output(output, force=force, inputs=[source])
+    from ulmtools.memory import return_large_buffers_to_os
+
+    return_large_buffers_to_os()  # freed blocks go back to the OS: memory stays at one block
     start = time.perf_counter()
     work = plan(source, config)
     entry = provenance_entry("import", work.parameters)
