@@ -429,3 +429,80 @@ def test_big_file_streams_in_blocks(tmp_path: Path) -> None:
     got = open_store(tmp_path / "b.zarr").array("iq")
     assert got.shape == (1, *shape) and got.chunks[1] == 16
     np.testing.assert_array_equal(got[0, [0, 1234, 3199]], probe)
+
+
+def test_verasonics_v73_struct_arrays(tmp_path: Path, cli) -> None:
+    """v7.3 as MATLAB writes it: TX(1..n) as object references, Trans.units as char."""
+    sim = tmp_path / "ch.zarr"
+    assert cli("simulate", sim, "--movies", "1", "--frames", "4", "--seed", "1", "-q").code == 0
+    store = open_store(sim, "channel")
+    iq = np.asarray(store.array("iq")[0])
+    acq = store.attrs["acquisition"]
+    fc, c = acq["center_frequency"], acq["speed_of_sound"]
+    lam = c / fc
+    pos = np.asarray(acq["element_positions"])
+    n_f, n_t, n_s, n_e = iq.shape
+    rcv = iq.transpose(1, 2, 3, 0).reshape(n_t * n_s, n_e, n_f)
+    src = tmp_path / "run73.mat"
+    with h5py.File(src, "w", userblock_size=512) as f:
+        compound = np.dtype([("real", "<f4"), ("imag", "<f4")])
+        data = np.empty(rcv.T.shape, compound)
+        data["real"], data["imag"] = rcv.T.real, rcv.T.imag
+        f.create_dataset("RcvData", data=data)
+        trans = f.create_group("Trans")
+        trans.create_dataset("frequency", data=np.array([[fc / 1e6]]))
+        element_pos = np.column_stack([pos[:, 1], pos[:, 2], pos[:, 0], np.zeros(len(pos))])
+        trans.create_dataset("ElementPos", data=(element_pos / lam).T)
+        units = np.frombuffer("wavelengths".encode("utf-16-le"), dtype="<u2")[:, None]
+        trans.create_dataset("units", data=units).attrs["MATLAB_class"] = np.bytes_("char")
+        refs, tx = f.create_group("#refs#"), f.create_group("TX")
+        delays, steers = [], []
+        for i, (d, t) in enumerate(zip(acq["transmit_delays"], acq["tilts"])):
+            delays.append(refs.create_dataset(f"d{i}", data=(np.asarray(d) * fc)[:, None]).ref)
+            steers.append(refs.create_dataset(f"s{i}", data=np.asarray(t)[:, None]).ref)
+        tx.create_dataset("Delay", data=np.array(delays, dtype=h5py.ref_dtype)[None, :])
+        tx.create_dataset("Steer", data=np.array(steers, dtype=h5py.ref_dtype)[None, :])
+        rx = f.create_group("Receive")
+        rx.create_dataset("demodFrequency", data=[[acq["demodulation_frequency"] / 1e6]])
+        rx.create_dataset("decimSampleRate", data=[[acq["sampling_frequency"] / 1e6]])
+        rx.create_dataset("startDepth", data=[[acq["t0"] * c / (2 * lam)]])
+    with open(src, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file")
+    out = tmp_path / "imported.zarr"
+    r = cli("import", src, out, "--kind", "channel", "--frame-rate", "1000")
+    assert r.code == 0, r.err
+    got = open_store(out, "channel")
+    np.testing.assert_array_equal(got.array("iq")[0], iq)
+    a = got.attrs["acquisition"]
+    np.testing.assert_allclose(a["element_positions"], acq["element_positions"], atol=1e-12)
+    np.testing.assert_allclose(a["transmit_delays"], acq["transmit_delays"], atol=1e-15)
+    np.testing.assert_allclose(a["tilts"], acq["tilts"])
+
+
+def test_volume_with_pdata_and_a_truth_array(tmp_path: Path, cli) -> None:
+    """3D PALA-style IQ (nz, nx, ny, nt): PData with three sections, truth as .npy."""
+    rng = np.random.default_rng(1)
+    iq = (rng.standard_normal((8, 10, 6, 20)) + 1j * rng.standard_normal((8, 10, 6, 20))).astype(
+        np.complex64
+    )
+    pd = {"PDelta": [0.5, 0.5, 0.5], "Origin": [-2.5, -1.5, 60.0], "Size": [8, 10, 6]}
+    uf = {"FrameRateUF": 250.0, "Lambda": 2e-4}
+    scipy.io.savemat(tmp_path / "vol.mat", {"IQ": iq, "PData": pd, "UF": uf})
+    truth = np.array([[0, 12.2e-3, -0.2e-3, 0.0, 7], [1, 12.25e-3, -0.15e-3, 0.0, 7],
+                      [3, 12.5e-3, 0.1e-3, 0.1e-3, 9]])  # fmt: skip
+    np.save(tmp_path / "truth.npy", truth)
+    out = tmp_path / "vol.zarr"
+    r = cli("import", tmp_path / "vol.mat", out, "--truth", tmp_path / "truth.npy", "--json")
+    assert r.code == 0, r.err
+    store = open_store(out, "image")
+    g = store.grid
+    assert g.axes == ("z", "x", "y") and g.shape == (8, 10, 6)
+    np.testing.assert_allclose(g.spacing, [1e-4] * 3)
+    np.testing.assert_allclose(g.origin, [12e-3, -0.5e-3, -0.3e-3])
+    assert g.frame_rate == 250.0
+    np.testing.assert_array_equal(store.array("iq")[0], iq.transpose(3, 0, 1, 2))
+    t = store.group["truth"]
+    np.testing.assert_array_equal(t["ids"][:], [7, 7, 9])
+    np.testing.assert_allclose(t["positions"][:], truth[:, 1:4])
+    tracks = np.asarray(t["tracks"][0])
+    assert tracks.shape == (64, 80, 48) and tracks.sum() > 5  # the 7-track drawn as a line
