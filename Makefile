@@ -24,11 +24,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard man/*.1 man/*.5)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# an editable install leaves the wheel's man pages out: put them where man(1) looks
+	mkdir -p $(VENV)/share/man/man1 $(VENV)/share/man/man5
+	cp man/*.1 $(VENV)/share/man/man1/ && cp man/*.5 $(VENV)/share/man/man5/
 	touch $@
 
 test: install

@@ -39,7 +39,7 @@ app = typer.Typer(
         "and writes Zarr stores; see 'man ulm' and 'man 5 ulm-stores'."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         return _fail(str(exc), exc.exit_code)
     except typer.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:  # click's completion scripts end with sys.exit
+        return exc.code if isinstance(exc.code, int) else 0
     except (typer.Abort, KeyboardInterrupt):
         return _fail("interrupted; no output was left behind", EXIT_INTERRUPTED)
     except TyperException as exc:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,10 +49,18 @@ def setup(*, verbose: bool = False, quiet: bool = False) -> None:
     root = logging.getLogger("ulmtools")
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = RichHandler(
-        console=state.console, show_time=False, show_path=state.verbose, markup=False
-    )
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(
+            console=state.console, show_time=False, show_path=state.verbose, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # cluster logs and pipes: one unwrapped line per record, with a time stamp
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
     root.addHandler(handler)
     root.propagate = False
     if state.verbose:
@@ -66,11 +75,40 @@ def progress_enabled() -> bool:
     return not state.quiet and sys.stderr.isatty()
 
 
+def progress_interval() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal."""
+    try:
+        return max(0.0, float(os.environ.get("ULM_PROGRESS_INTERVAL", "30")))
+    except ValueError:
+        return 30.0
+
+
 @contextlib.contextmanager
 def progress(description: str) -> Iterator[ProgressCallback]:
-    """A progress callback for library code; draws a bar on stderr when enabled."""
-    if not progress_enabled():
+    """A progress callback for library code; draws a bar on stderr when enabled.
+
+    When stderr is not a terminal (a cluster job's log, a pipe) and ``--quiet`` is
+    off, a plain line ``DESCRIPTION: done/total ...`` is logged at most every
+    ``ULM_PROGRESS_INTERVAL`` seconds (30 by default) instead of a bar.
+    """
+    if state.quiet:
         yield lambda done, total, message="": None
+        return
+    if not progress_enabled():
+        interval = progress_interval()
+        start = last = time.monotonic()
+
+        def line(done: int, total: int, message: str = "") -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < interval or done == 0:
+                return
+            last = now
+            pct = f" ({100 * done / total:.0f} %)" if total else ""
+            extra = f", {message}" if message else ""
+            log.info("%s: %d/%d%s%s, %.0f s", description, done, total, pct, extra, now - start)
+
+        yield line
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
