@@ -572,6 +572,9 @@ def run(
     movie_axis = p.layout.index("movie") if "movie" in p.layout else None
     total = p.n_movies * p.movie_frames
     what = f"{p.source.path}:{p.array.name}"
+    if log is not None:
+        how = "streamed" if p.array.streamed else "read whole (no partial reads of this format)"
+        log(f"{what}: {p.block} frames per block, {how}")
     peak = 0.0
     for m in range(p.n_movies):
         base = 0 if movie_axis is not None else m * p.movie_frames
@@ -580,9 +583,7 @@ def run(
             index[time_axis] = slice(base + a, base + b)
             if movie_axis is not None:
                 index[movie_axis] = slice(m, m + 1)
-            raw = p.array._read(tuple(index))
-            if p.array._release is not None:
-                p.array._release()
+            raw = p.array.read(tuple(index))
             check_finite(raw, what, movie=None)
             block = _to_store_layout(p, raw)
             del raw

@@ -107,10 +107,11 @@ class SourceArray:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def read(self, axis: int, start: int, stop: int) -> np.ndarray:
-        """Elements ``start:stop`` along logical ``axis`` (all of the others), in memory."""
-        index = [slice(None)] * len(self.shape)
-        index[axis] = slice(int(start), int(stop))
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The block ``index`` (one slice per logical axis), in memory.
+
+        Memory-mapped pages the block touched are released afterwards.
+        """
         out = self._read(tuple(index))
         if self._release is not None:
             self._release()
@@ -150,9 +151,22 @@ def _open_npy(path: Path) -> SourceArray:
     return SourceArray(path, "npy", path.stem, tuple(mm.shape), mm.dtype, True, read, release)
 
 
-def _npz_names(path: Path) -> list[str]:
+def _npz_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """Member names and shapes from their .npy headers (no member is read whole)."""
+    out = []
     with zipfile.ZipFile(path) as z:
-        return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        for name in z.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with z.open(name) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            if dtype.kind in "iufc":
+                out.append((name[:-4], tuple(shape)))
+    return out
 
 
 def _open_npz(path: Path, var: str) -> SourceArray:
@@ -340,8 +354,10 @@ class SourceFile:
         if self.format == "npy":
             return [(self.path.stem, tuple(np.load(self.path, mmap_mode="r").shape))]
         if self.format == "npz":
-            with np.load(self.path, allow_pickle=False) as z:
-                return [(n, tuple(z[n].shape)) for n in _npz_names(self.path)]
+            try:
+                return _npz_shapes(self.path)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                raise InputError(f"cannot read {self.path} as a .npz archive: {exc}") from None
         if self.format == "mat-v5":
             numeric = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32",
                        "int64", "uint64"}  # fmt: skip
@@ -396,9 +412,7 @@ class SourceFile:
             return h5_struct(self.path, name, matlab=True)
         if self.format == "hdf5":
             return h5_struct(self.path, name, matlab=False)
-        if self.format == "npz":
-            return None
-        return None
+        return None  # .npy and .npz carry no parameter structs
 
 
 def open_source(path: str | os.PathLike[str]) -> SourceFile:
