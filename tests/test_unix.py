@@ -77,3 +77,17 @@ def test_man_pages_installed_with_the_package(tmp_path: Path) -> None:
         assert r.stdout.strip() == str(
             env_dir / "share" / "man" / f"man{section}" / f"{page}.{section}"
         )
+
+
+def test_hints_name_only_commands_that_exist() -> None:
+    import re
+
+    import typer
+
+    from ulmtools.cli.app import app
+    from ulmtools.store import _PRODUCER
+
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    for kind, hint in _PRODUCER.items():
+        for name in re.findall(r"\bulm ([a-z]+)", hint):
+            assert name in commands, f"the hint for {kind} stores names ulm {name}"

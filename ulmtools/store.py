@@ -255,7 +255,9 @@ def open_store(
         if (p / ".zgroup").is_file() or (p / ".zarray").is_file():
             raise InputError(
                 f"{p} is a Zarr format 2 store; ulmtools reads Zarr format 3",
-                "convert it with zarr-python 3 (zarr.open_group(..., zarr_format=3))",
+                "copy its arrays and attributes into a zarr_format=3 group with zarr-python 3 "
+                "and describe it as in the EXAMPLES of 'man 5 ulm-stores', or bring the data "
+                "in with ulm import",
             )
         raise InputError(f"{p} is not a Zarr store (no zarr.json)", "check the path")
     meta = _read_json(meta_path)
@@ -407,13 +409,13 @@ def _a(word: str) -> str:
 
 
 _PRODUCER = {
-    "channel": "ulm simulate --level channel",
-    "image": "ulm beamform, or ulm simulate --level image",
+    "channel": "ulm simulate --level channel, or ulm import --kind channel",
+    "image": "ulm beamform, ulm simulate --level image, or ulm import --kind image",
     "sparse": "ulm sparsify",
     "model": "ulm train",
     "prediction": "ulm infer",
     "tracks": "ulm track",
-    "angiogram": "ulm track or ulm infer",
+    "angiogram": "a map of your own described as in 'man 5 ulm-stores'",
 }
 
 
