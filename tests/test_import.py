@@ -238,6 +238,11 @@ def test_explicit_psf_choices(sim: Path, tmp_path: Path, cli) -> None:
         open_store(tmp_path / "g.zarr").array("corr")[...],
         atol=1e-6,
     )
+    r = cli("beamform", tmp_path / "lab.zarr", tmp_path / "s.zarr", "--psf", tmp_path / "g.zarr")
+    assert r.code == 0, r.err  # the psf array of an image store
+    np.testing.assert_allclose(
+        open_store(tmp_path / "s.zarr").array("psf")[...], psf, rtol=1e-6, atol=1e-7
+    )
     r = cli("beamform", tmp_path / "lab.zarr", tmp_path / "x.zarr", "--psf", "gaussian:0.5lambda")
     assert r.code == EXIT_USAGE and "wavelength" in r.err
     np.save(tmp_path / "even.npy", np.ones((4, 4), np.complex64))

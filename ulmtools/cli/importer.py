@@ -162,6 +162,12 @@ def import_(
     return_large_buffers_to_os()  # freed blocks go back to the OS: memory stays at one block
     start = time.perf_counter()
     work = plan(source, config)
+    if layout is None and work.source.format in ("npy", "npz", "hdf5"):
+        log.warning(
+            "%s: axes taken as %s (the default); pass --layout if they are not",
+            source,
+            ",".join(work.layout),
+        )
     entry = provenance_entry("import", work.parameters)
     entry["source"] = work.parameters["source"]
     attrs: dict[str, Any] = {"import": work.parameters}

@@ -250,6 +250,7 @@ def plan(source_path: str | Path, config: ImportConfig) -> ImportPlan:
     stacked = None
     demodulate = False
     resolved: dict[str, Any] = {"wavelength_source": wl_source, "frame_rate_source": fr_source}
+    resolved["layout_source"] = "--layout" if config.layout else "default"
     if kind == "image":
         grid, how = _image_grid(config, structs, layout, dims, wavelength, frame_rate, src)
         resolved.update(how)
