@@ -129,6 +129,9 @@ def test_shipped_weights_run_out_of_the_box(name: str, cli, sparse2d: Path, tmp_
     r = cli("infer", f"shipped:{name}", data, tmp_path / "p.zarr", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["movies"] == (3 if name == "2d" else 1)
+    r = cli("info", f"shipped:{name}")  # the model card: its training in brief
+    assert r.code == 0 and "training: " in r.out and "epochs of" in r.out
+    assert cli("info", "shipped:4d").code == 3
 
 
 def test_infer_subprocess(sparse2d: Path, model2d: Path, tmp_path: Path) -> None:

@@ -51,10 +51,29 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
     if store.has_truth:
         summary["truth_grid"] = store.group["truth"].attrs.get("grid")
-    for key in ("stats", "acquisition_summary", "architecture"):
+    for key in ("stats", "acquisition_summary", "architecture", "card"):
         if key in attrs:
             summary[key] = attrs[key]
+    if store.kind == "model" and isinstance(attrs.get("history"), list) and attrs["history"]:
+        summary["training_summary"] = _training_summary(attrs)
     return summary
+
+
+def _training_summary(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A model store's run in brief: schedule, epochs, time, validation Dice, data."""
+    hist = attrs["history"]
+    training = attrs.get("training") or {}
+    sched = (training.get("config") or {}).get("schedule") or {}
+    vals = [h.get("val_dice") for h in hist if h.get("val_dice") is not None]
+    stores = [training.get("train"), *(training.get("also") or [])]
+    return {
+        "schedule": sched.get("name"),
+        "epochs": len(hist),
+        "seconds": round(sum(float(h.get("seconds") or 0) for h in hist), 1),
+        "val_dice": vals[-1] if vals else None,
+        "best_val_dice": max(vals) if vals else None,
+        "train_stores": sum(1 for t in stores if t),
+    }
 
 
 def _size(n: int) -> str:
@@ -129,6 +148,18 @@ def format_summary(s: dict[str, Any]) -> str:
     if isinstance(arch, dict) and arch.get("name"):
         kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
         lines.append(f"architecture: {arch['name']}({kwargs})")
+    t = s.get("training_summary")
+    if t:
+        val = ""
+        if t["val_dice"] is not None:
+            val = f", validation Dice {t['val_dice']:.4f} (best {t['best_val_dice']:.4f})"
+        lines.append(
+            f"training: {t['epochs']} epochs of {t['schedule']} on {t['train_stores']} "
+            f"store(s), {t['seconds']:.0f} s{val}"
+        )
+    if isinstance(s.get("card"), str) and s["card"].strip():
+        lines.append("card:")
+        lines.extend(f"  {line}" for line in s["card"].strip().splitlines())
     lines.append(f"arrays ({_size(s['stored_bytes'])} stored):")
     width = max((len(a["path"]) for a in s["arrays"]), default=0)
     for a in s["arrays"]:

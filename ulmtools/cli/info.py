@@ -13,7 +13,14 @@ def info(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Show a store's kind, version, arrays, grid, truth and provenance lineage."""
+    """Show a store's kind, version, arrays, grid, truth and provenance lineage.
+
+    shipped:2d and shipped:3d name the models shipped in the package (their card).
+    """
     setup(verbose=verbose, quiet=quiet)
+    if str(store).startswith("shipped:"):
+        from ulmtools.infer.weights import resolve
+
+        store = resolve(store)
     summary = summarize(store)
     emit(summary, as_json=json, text=format_summary(summary))
