@@ -20,7 +20,7 @@ def test_info_text(tmp_path: Path, cli) -> None:
     result = cli("info", path)
     assert result.code == 0, result.err
     out = result.out
-    assert f"{path}: image store, version 1.0" in out
+    assert f"{path}: image store, version 1.1" in out
     assert "axes: movie (index), t (time, second), z (space, metre), x (space, metre)" in out
     assert "grid: z/x 8 x 6, spacing 25.00, 25.00 um, origin 7.900, -0.100 mm, 1000 Hz" in out
     assert "truth: yes (track maps 64 x 48)" in out

@@ -51,7 +51,7 @@ def test_threshold_default_2d_json(cli, img2d, tmp_path, digest):
     sp = open_sparse(out)
     assert sp.attrs["stats"]["active_sites_mean"] == result["active_sites_mean"]
     assert sp.attrs["shape"] == [48, 16, 16]
-    assert sp.attrs["coordinates"] == ["t", "z", "x"]
+    assert sp.attrs["columns"] == ["t", "z", "x"]
     assert sp.grid == open_store(img2d).grid and sp.grid.frame_rate == 1000.0
     corr = open_store(img2d).array("corr")[1]
     c, f = read_movie(sp, 1)
@@ -73,7 +73,7 @@ def test_threshold_default_3d_and_text_output(cli, img3d, tmp_path):
     assert "active sites per movie" in r.out and "true bubble pixels kept" in r.out
     sp = open_sparse(tmp_path / "sp3.zarr")
     assert sp.array("coords").shape[1] == 4
-    assert sp.attrs["coordinates"] == ["t", "z", "x", "y"]
+    assert sp.attrs["columns"] == ["t", "z", "x", "y"]
 
 
 def test_topk_cli_keeps_k(cli, img2d, tmp_path):

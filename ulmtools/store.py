@@ -46,7 +46,7 @@ import zarr
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.registry import register_pipeline
 
-from ulmtools import __version__, interrupts
+from ulmtools import __version__, conventions, interrupts
 from ulmtools.errors import InputError, OutputError, UsageError
 from ulmtools.grid import Grid, axes_metadata
 
@@ -109,47 +109,47 @@ class KindSpec:
 KINDS: dict[str, KindSpec] = {
     "channel": KindSpec(
         "channel",
-        "1.0",
+        "1.1",
         "element IQ per transmit, (movie, frame, transmit, sample, element)",
         required_arrays=("iq",),
         required_attrs=("acquisition",),
     ),
     "image": KindSpec(
         "image",
-        "1.0",
+        "1.1",
         "beamformed IQ and/or PSF correlation, (movie, t, z, x[, y])",
         any_of_arrays=("iq", "corr"),
         required_attrs=("grid",),
     ),
     "sparse": KindSpec(
         "sparse",
-        "1.0",
+        "1.1",
         "active sites: coords (n, 1+D), feats (n, C), per-movie offsets",
         required_arrays=("coords", "feats", "offsets"),
         required_attrs=("grid",),
     ),
     "model": KindSpec(
         "model",
-        "1.0",
+        "1.1",
         "a trained network: architecture, constructor arguments, weights, history",
         required_attrs=("architecture",),
     ),
     "prediction": KindSpec(
         "prediction",
-        "1.0",
+        "1.1",
         "per-movie super-resolved maps and the accumulated angiogram",
         required_arrays=("angiogram",),
         required_attrs=("grid",),
     ),
     "tracks": KindSpec(
         "tracks",
-        "1.0",
+        "1.1",
         "localizations and linked tracks from conventional ULM",
         required_attrs=("grid",),
     ),
     "angiogram": KindSpec(
         "angiogram",
-        "1.0",
+        "1.1",
         "a rendered density map on a super-resolved grid",
         required_arrays=("angiogram",),
         required_attrs=("grid",),
@@ -295,7 +295,9 @@ def open_store(
     _check_attribute_types(p, meta.get("attributes", {}), found_kind)
     _check_nodes(p)
     try:
-        group = zarr.open_group(str(p), mode="r", zarr_format=3)
+        # the nodes' own metadata, not the consolidated copy: a store edited by hand since
+        # it was written would otherwise be read as it was
+        group = zarr.open_group(str(p), mode="r", zarr_format=3, use_consolidated=False)
     except Exception as exc:
         raise InputError(
             f"{p}: the group's metadata is invalid ({exc.__class__.__name__}: {exc})"
@@ -665,6 +667,7 @@ def create_store(
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         group.attrs.update(root_attrs)
         yield group
+        conventions.finish(group, str(tmp))
         if final:  # from here the run is complete: a signal no longer interrupts it
             interrupts.finishing()
         with interrupts.held():

@@ -34,6 +34,7 @@ from ulmtools.grid import Grid
 from ulmtools.store import Store, create_array
 
 ROWS_PER_CHUNK = 1 << 20
+MAX_TRUTH_GAP = 2  # frames a truth track may skip and still be drawn as one line
 
 
 @dataclass
@@ -60,22 +61,32 @@ class TruthWriter:
             "positions",
             shape=(0, d),
             dtype="float64",
-            dims=("row", "coordinate"),
+            dims=("truth_row", "truth_axis"),
             chunks=(ROWS_PER_CHUNK, d),
-            attrs={"unit": "metre", "coordinates": list(grid.axes)},
+            attrs={"unit": "metre", "columns": list(grid.axes)},
         )
         self.frames = create_array(
-            self.group, "frames", shape=(0,), dtype="int32", dims=("row",), chunks=(ROWS_PER_CHUNK,)
+            self.group,
+            "frames",
+            shape=(0,),
+            dtype="int32",
+            dims=("truth_row",),
+            chunks=(ROWS_PER_CHUNK,),
         )
         self.ids = create_array(
-            self.group, "ids", shape=(0,), dtype="int64", dims=("row",), chunks=(ROWS_PER_CHUNK,)
+            self.group,
+            "ids",
+            shape=(0,),
+            dtype="int64",
+            dims=("truth_row",),
+            chunks=(ROWS_PER_CHUNK,),
         )
         self.tracks = create_array(
             self.group,
             "tracks",
             shape=(self.n_movies, *grid.shape),
             dtype="uint8",
-            dims=("movie", *grid.axes),
+            dims=("movie", *(f"truth_{a}" for a in grid.axes)),
             fill_value=0,
         )
         self._offsets = [0]
@@ -145,21 +156,72 @@ class Truth:
         )
 
 
-def copy_truth(src: Store, dst: zarr.Group, movies: Sequence[int] | None = None) -> bool:
+def copy_truth(
+    src: Store,
+    dst: zarr.Group,
+    movies: Sequence[int] | None = None,
+    *,
+    grid: Grid | None = None,
+) -> bool:
     """Copy ``src``'s truth group into ``dst`` (optionally a subset of movies).
 
-    Returns False when the source has no truth. Copies chunk by chunk so
-    memory stays bounded.
+    ``grid`` is the image grid of ``dst``: when the truth's track maps are not on
+    that grid refined by the truth's factor (the data was beamformed onto another
+    grid), the maps are drawn again on the new fine grid from the positions, each
+    bubble's consecutive positions joined by a line. Returns False when the source
+    has no truth. Copies movie by movie so memory stays bounded.
     """
     if not src.has_truth:
         return False
     truth = Truth(src)
     movies = list(range(truth.n_movies)) if movies is None else list(movies)
-    writer = TruthWriter(dst, truth.grid, len(movies), factor=truth.factor)
+    fine = truth.grid
+    if grid is not None and not same_grid(grid.refined(truth.factor), truth.grid):
+        fine = grid.refined(truth.factor)
+    writer = TruthWriter(dst, fine, len(movies), factor=truth.factor)
     for i, m in enumerate(movies):
-        writer.write_movie(i, truth.movie(m))
+        movie = truth.movie(m, with_tracks=fine is truth.grid)
+        if fine is not truth.grid:
+            step = min(fine.spacing) / 2
+            dense = densify_tracks(movie.positions, movie.frames, movie.ids, step)
+            movie.tracks = render_tracks(dense, fine)
+        writer.write_movie(i, movie)
     writer.close()
     return True
+
+
+def same_grid(a: Grid, b: Grid, *, rtol: float = 1e-6) -> bool:
+    """Whether two grids have the same axes, shape, origin and spacing."""
+    if a.axes != b.axes or a.shape != b.shape:
+        return False
+    scale = max(max(a.spacing), max(b.spacing))
+    return bool(
+        np.allclose(a.spacing, b.spacing, rtol=rtol, atol=0)
+        and np.allclose(a.origin, b.origin, rtol=0, atol=rtol * scale * 100)
+    )
+
+
+def densify_tracks(
+    positions: np.ndarray, frames: np.ndarray, ids: np.ndarray, step: float
+) -> np.ndarray:
+    """Positions with points added along each id's path, at most ``step`` apart.
+
+    Consecutive positions of one id at most :data:`MAX_TRUTH_GAP` frames apart are
+    joined by a straight line, so the rendered track map is connected.
+    """
+    if len(positions) < 2:
+        return np.asarray(positions, dtype=np.float64)
+    order = np.lexsort((frames, ids))
+    p, f, i = positions[order], frames[order], ids[order]
+    join = (i[1:] == i[:-1]) & (f[1:] - f[:-1] <= MAX_TRUTH_GAP) & (f[1:] > f[:-1])
+    a, b = p[:-1][join], p[1:][join]
+    n = np.maximum(1, np.ceil(np.linalg.norm(b - a, axis=1) / step)).astype(np.int64)
+    if not len(n):
+        return p
+    seg = np.repeat(np.arange(len(n)), n)
+    frac = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+    pts = a[seg] + (b[seg] - a[seg]) * frac[:, None]
+    return np.concatenate([p, pts])
 
 
 def render_tracks(positions: np.ndarray, grid: Grid) -> np.ndarray:

@@ -504,7 +504,12 @@ def run(
             psf_grid_attrs = psf_grid.to_attrs()
         timings.psf = time.perf_counter() - t
         arr = create_array(
-            out, "psf", shape=psf.shape, dtype="complex64", dims=grid.axes, chunks=psf.shape
+            out,
+            "psf",
+            shape=psf.shape,
+            dtype="complex64",
+            dims=tuple(f"psf_{a}" for a in grid.axes),
+            chunks=psf.shape,
         )
         arr[...] = psf
         arr.attrs.update(

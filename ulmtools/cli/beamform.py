@@ -159,7 +159,7 @@ def beamform(
     ) as root:
         with progress("beamform") as report:
             summary = run(work, root, progress=report, log=log.info)
-        summary["truth"] = copy_truth(src, root)
+        summary["truth"] = copy_truth(src, root, grid=work.grid)
         root.attrs["beamform"] = {**work.parameters, "result": summary}
         # made before the rename: a failure here leaves no finished output behind an error
         result = {"output": str(output), "input": str(input), "mode": work.mode, **summary}

@@ -97,7 +97,7 @@ def infer(
         "min_probability": config.min_probability,
         "model": meta.describe(),
         "movies": len(data),
-        "coordinates": list(data.fine_grid.axes),
+        "columns": list(data.fine_grid.axes),
     }
     start = time.perf_counter()
     with (

@@ -121,7 +121,7 @@ def sparsify(
     attrs = {
         "shape": list(shape[1:]),
         "movies": shape[0],
-        "coordinates": ["t", *space],
+        "columns": ["t", *space],
         "features": ["real", "imag"],
         "source": src.describe(),
     }

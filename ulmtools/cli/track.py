@@ -137,7 +137,7 @@ def track(
     src = open_store(input, "image")
     res = resolve(config, src)
     check_output(output, force=force, inputs=[input])
-    wavelength = None
+    wavelength = src.attrs.get("wavelength")  # ulm import records it without an acquisition
     if "acquisition" in src.attrs:
         from ulmtools.acquisition import Acquisition
 
@@ -150,7 +150,7 @@ def track(
         "input_grid": res.grid.to_attrs(),
         "factor": config.render_factor,
         "movies": n_movies,
-        "coordinates": list(fine.axes),
+        "columns": list(fine.axes),
         "source": src.describe() | {"array": res.signal},
         "track": parameters,
     }

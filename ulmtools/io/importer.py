@@ -41,7 +41,6 @@ PREFERRED_VARS = {
     "channel": ("RcvData", "iq", "IQ", "RF", "rf", "data"),
 }
 TRUTH_FACTOR = 8
-MAX_TRUTH_GAP = 2  # frames a truth track may skip and still be drawn as one line
 
 
 @dataclass(frozen=True)
@@ -531,29 +530,6 @@ def _read_truth(
     return {"frames": frames[keep], "positions": pos[keep], "ids": ids[keep]}
 
 
-def densify_tracks(
-    positions: np.ndarray, frames: np.ndarray, ids: np.ndarray, step: float
-) -> np.ndarray:
-    """Positions with points added along each id's path, at most ``step`` apart.
-
-    Consecutive positions of one id at most :data:`MAX_TRUTH_GAP` frames apart are
-    joined by a straight line, so the rendered track map is connected.
-    """
-    if len(positions) < 2:
-        return np.asarray(positions, dtype=np.float64)
-    order = np.lexsort((frames, ids))
-    p, f, i = positions[order], frames[order], ids[order]
-    join = (i[1:] == i[:-1]) & (f[1:] - f[:-1] <= MAX_TRUTH_GAP) & (f[1:] > f[:-1])
-    a, b = p[:-1][join], p[1:][join]
-    n = np.maximum(1, np.ceil(np.linalg.norm(b - a, axis=1) / step)).astype(np.int64)
-    if not len(n):
-        return p
-    seg = np.repeat(np.arange(len(n)), n)
-    frac = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
-    pts = a[seg] + (b[seg] - a[seg]) * frac[:, None]
-    return np.concatenate([p, pts])
-
-
 # ---------------------------------------------------------------------------
 # Running it
 # ---------------------------------------------------------------------------
@@ -636,7 +612,7 @@ def _demodulate(rf: np.ndarray, acq: Acquisition) -> np.ndarray:
 
 def write_truth(p: ImportPlan, out: zarr.Group) -> int:
     """The truth table as ``truth/``, with each movie's tracks drawn on the x8 grid."""
-    from ulmtools.truth import TruthMovie, TruthWriter, render_tracks
+    from ulmtools.truth import TruthMovie, TruthWriter, densify_tracks, render_tracks
 
     assert p.truth is not None and p.grid is not None
     fine = p.grid.refined(TRUTH_FACTOR)

@@ -204,7 +204,7 @@ def save(
         wg = g.require_group("weights")
         for i, (key, tensor) in enumerate(state_dict.items()):
             arr, dtype = _to_numpy(tensor)
-            dims = tuple(f"d{j}" for j in range(arr.ndim))
+            dims = tuple(f"w{i}_d{j}" for j in range(arr.ndim))  # one size per name
             a = create_array(
                 wg,
                 str(i),

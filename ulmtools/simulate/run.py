@@ -589,7 +589,12 @@ def create_arrays(p: Plan, root: zarr.Group) -> dict[str, zarr.Array]:
 
         psf, psf_grid = system_psf(p.acquisition, p.grid)
         arr = create_array(
-            root, "psf", shape=psf.shape, dtype="complex64", dims=p.grid.axes, chunks=psf.shape
+            root,
+            "psf",
+            shape=psf.shape,
+            dtype="complex64",
+            dims=tuple(f"psf_{a}" for a in p.grid.axes),
+            chunks=psf.shape,
         )
         arr[...] = psf
         arr.attrs.update(

@@ -291,7 +291,7 @@ class LocalizationWriter:
 
     def __init__(self, root: zarr.Group, grid: Grid) -> None:
         group = root.require_group("localizations")
-        group.attrs.update({"coordinates": list(grid.axes), "unit": "metre"})
+        group.attrs.update({"columns": list(grid.axes), "unit": "metre"})
         d = grid.ndim
         xyz = {"dims": ("row", "coordinate")}
         self.table = RaggedWriter(
