@@ -165,3 +165,42 @@ def test_store_without_truth_and_bad_coordinates(cli, model2d: Path, tmp_path: P
     g["coords"][0] = [0, 99, 0]  # outside the 4x4 grid
     r = cli("infer", model2d, bare, tmp_path / "q.zarr")
     assert r.code == 3 and "outside" in r.err and not (tmp_path / "q.zarr").exists()
+
+
+def test_input_threshold_follows_the_model(cli, sparse2d: Path, tmp_path: Path) -> None:
+    from ulmtools.errors import UsageError
+    from ulmtools.infer.core import input_threshold, training_threshold
+
+    sp = {"stage": "sparsify", "parameters": {"method": "threshold", "threshold": 0.25}}
+    assert training_threshold([{"stage": "simulate"}, sp, sp]) == 0.25
+    other = {"stage": "sparsify", "parameters": {"method": "topk", "threshold": None}}
+    assert training_threshold([sp, other]) is None and training_threshold([]) is None
+    assert input_threshold("auto", 0.25, ("threshold", 0.1)) == 0.25
+    assert input_threshold("auto", 0.25, ("threshold", 0.4)) is None  # already sparser
+    assert input_threshold("auto", None, ("threshold", 0.1)) is None
+    assert input_threshold("auto", 0.25, ("topk", None)) is None
+    assert input_threshold("none", 0.25, ("threshold", 0.1)) is None
+    assert input_threshold("0.3", 0.25, ("threshold", 0.1)) == 0.3
+    with pytest.raises(UsageError):
+        input_threshold("high", 0.25, ("threshold", 0.1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.zarr"
+    model_store.save_model(path, SparseDeepStulm(dimension=3, channels=4), provenance=[sp])
+    low = tmp_path / "low.zarr"  # sparsified at 0.1, below the model's 0.25
+    img = sparse2d.with_name(sparse2d.name + ".img.zarr")
+    assert cli("sparsify", img, low, "--threshold", "0.1", "-q").code == 0
+    assert SparseMovies(low).input_rule == ("threshold", 0.1)
+    runs = {}
+    for spec in ("auto", "none", "0.25"):
+        r = cli("infer", path, low, tmp_path / f"p-{spec}.zarr", "--input-threshold", spec,
+                "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        runs[spec] = json.loads(r.out)["input_sites_mean"]
+    data = SparseMovies(low)
+    assert runs["none"] == np.mean([data.sites(m) for m in range(len(data))])
+    assert runs["auto"] == runs["0.25"] < runs["none"]
+    c, f = SparseMovies(low, min_power=0.25).movie(0)
+    assert ((f**2).sum(1) > 0.25).all() and len(c) == len(f)
+    assert open_store(tmp_path / "p-auto.zarr").attrs["input_threshold"] == 0.25
+    assert cli("infer", path, sparse2d, tmp_path / "x.zarr", "--input-threshold", "x").code == 2

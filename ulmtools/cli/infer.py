@@ -48,6 +48,15 @@ def infer(
         ),
     ] = 0.01,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Movies per forward pass.")] = 1,
+    input_threshold: Annotated[
+        str,
+        typer.Option(
+            "--input-threshold",
+            help="Leave out input sites with abs(corr)^2 at or below T: auto (the threshold "
+            "the model was trained with, when the input was sparsified with a lower one), "
+            "none (every stored site) or a number.",
+        ),
+    ] = "auto",
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     force: Force = False,
@@ -66,7 +75,8 @@ def infer(
     setup(verbose=verbose, quiet=quiet)
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
-    from ulmtools.infer.core import InferConfig, infer_store
+    from ulmtools.infer.core import InferConfig, infer_store, training_threshold
+    from ulmtools.infer.core import input_threshold as pick_input_threshold
     from ulmtools.infer.weights import load_model
     from ulmtools.store import check_output, create_store, lineage, provenance_entry
     from ulmtools.train.data import SparseMovies
@@ -82,12 +92,18 @@ def infer(
     sp.get_backend(config.backend)
     torch_device = resolve_device(device)
     net, meta = load_model(model, device=torch_device)
+    data.min_power = pick_input_threshold(
+        input_threshold, training_threshold(meta.provenance), data.input_rule
+    )
+    if data.min_power is not None:
+        log.info("input sites with abs(corr)^2 <= %g left out", data.min_power)
     model_inputs = [Path(meta.path)] if not str(model).startswith("shipped:") else []
     check_output(output, force=force, inputs=[input, *model_inputs])
     parameters = {
         **config.to_dict(),
         "device": str(torch_device),
         "model": meta.describe() | {"kwargs": meta.kwargs, "spec": str(model)},
+        "input_threshold": data.min_power,
     }
     entry = provenance_entry("infer", parameters, [data.store])
     attrs = {
@@ -95,6 +111,7 @@ def infer(
         "factor": 8,
         "threshold": config.threshold,
         "min_probability": config.min_probability,
+        "input_threshold": data.min_power,
         "model": meta.describe(),
         "movies": len(data),
         "columns": list(data.fine_grid.axes),

@@ -113,6 +113,48 @@ def accumulate(
         angiogram[tuple(hit.T.astype(np.int64))] += 1
 
 
+def training_threshold(provenance: Sequence[dict[str, Any]]) -> float | None:
+    """The abs(corr)^2 threshold of a model's training inputs, from its provenance:
+    the value shared by every ``sparsify`` stage with ``method`` threshold (None
+    when there is none, or they differ or used another method)."""
+    values = set()
+    for e in provenance:
+        if e.get("stage") != "sparsify":
+            continue
+        p = e.get("parameters") or {}
+        if p.get("method") != "threshold" or p.get("threshold") is None:
+            return None
+        values.add(float(p["threshold"]))
+    return values.pop() if len(values) == 1 else None
+
+
+def input_threshold(
+    spec: str | float | None, model_threshold: float | None, input_rule: tuple[Any, Any]
+) -> float | None:
+    """The ``min_power`` to apply to an input store for ``ulm infer --input-threshold``.
+
+    ``auto``: the model's training threshold when the input was thresholded at a
+    lower value (the network then sees the sites it was trained on); ``none``: every
+    stored site; a number: that threshold.
+    """
+    if spec is None or str(spec).lower() == "none":
+        return None
+    if str(spec).lower() == "auto":
+        method, t_in = input_rule
+        if model_threshold is None or method != "threshold" or t_in is None:
+            return None
+        return model_threshold if t_in < model_threshold else None
+    try:
+        value = float(spec)
+    except ValueError:
+        raise UsageError(
+            f"--input-threshold must be auto, none or a number, got {spec!r}"
+        ) from None
+    if not (np.isfinite(value) and value >= 0):
+        raise UsageError(f"--input-threshold must be >= 0, got {spec!r}")
+    return value
+
+
 def angiogram_dice(
     model: SparseDeepStulm,
     data: SparseMovies,

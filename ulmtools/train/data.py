@@ -40,7 +40,12 @@ class SparseMovies:
     (binary, x8 grid), optionally dilated, cached when small.
     """
 
-    def __init__(self, store: Store | str, *, need_truth: bool = False) -> None:
+    def __init__(
+        self, store: Store | str, *, need_truth: bool = False, min_power: float | None = None
+    ) -> None:
+        #: when set, a movie's sites with real**2 + imag**2 <= min_power are left out
+        #: (the stricter threshold a model was trained with, on a store sparsified lower)
+        self.min_power = min_power
         self.store = open_sparse(store)
         self.grid: Grid = self.store.grid
         self.shape = movie_shape(self.store)
@@ -142,7 +147,19 @@ class SparseMovies:
         return self.n
 
     def sites(self, m: int) -> int:
+        """Movie ``m``'s stored sites (before any ``min_power``)."""
         return int(self.offsets[m + 1] - self.offsets[m])
+
+    @property
+    def input_rule(self) -> tuple[str | None, float | None]:
+        """How the store was sparsified: (method, threshold) from its stats, else its
+        last ``sparsify`` provenance entry; (None, None) when neither says."""
+        st = self.store.attrs.get("stats") or {}
+        if "method" not in st:
+            runs = [e for e in self.store.provenance if e.get("stage") == "sparsify"]
+            st = (runs[-1].get("parameters") or {}) if runs else {}
+        t = st.get("threshold")
+        return st.get("method"), (float(t) if t is not None else None)
 
     def movie(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Movie ``m``'s pixel coordinates (n, 1 + S) = (t, *space) and features (n, 2)."""
@@ -155,6 +172,9 @@ class SparseMovies:
         else:
             coords = np.asarray(self.store.array("coords")[a:b], dtype=np.int32)
             feats = np.asarray(self.store.array("feats")[a:b], dtype=np.float32)
+        if self.min_power is not None and len(feats):
+            keep = (feats[:, 0] ** 2 + feats[:, 1] ** 2) > self.min_power
+            coords, feats = coords[keep], feats[keep]
         if len(coords) and (coords.min() < 0 or (coords.max(0) >= np.asarray(self.shape)).any()):
             raise InputError(
                 f"{self.store.path}: movie {m} has coordinates outside its (t, *space) shape "
