@@ -29,7 +29,8 @@ from ulmtools.store import (
 )
 from ulmtools.truth import Truth, TruthMovie, TruthWriter, copy_truth, render_tracks
 
-SCHEMA = json.loads((Path(__file__).parent / "schemas" / "ulm-root.schema.json").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "ulmtools" / "schemas" / "ulm-root.schema.json").read_text())
 GRID = Grid(("z", "x"), (8, 6), (7.9e-3, -0.1e-3), (25e-6, 25e-6), frame_rate=1000.0)
 
 
