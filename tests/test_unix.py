@@ -91,3 +91,21 @@ def test_hints_name_only_commands_that_exist() -> None:
     for kind, hint in _PRODUCER.items():
         for name in re.findall(r"\bulm ([a-z]+)", hint):
             assert name in commands, f"the hint for {kind} stores names ulm {name}"
+
+
+def test_ctrl_c_through_the_real_entry_point_says_nothing_was_left(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "big.zarr"
+    args = [*ULM, "simulate", str(out), "--movies", "50", "--frames", "512", "--seed", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # interrupt once the run is writing its temporary store
+    while time.monotonic() < deadline and not list(tmp_path.glob(".big.zarr.partial-*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "Error: interrupted; no output was left behind"
+    assert not out.exists() and not list(tmp_path.iterdir())
