@@ -13,7 +13,7 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipe, ~80 min on 2 CPU cores):
-#   SCHEDULE=cpu-2d EPOCHS=12 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
+#   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
 #   WEIGHTS_3D=0                 skip the 3D model
@@ -35,7 +35,7 @@ if [ "$SCHEDULE" = paper-2d ]; then
     CHANNELS=${CHANNELS:-16}
     BATCH=${BATCH:-8}
 else
-    EPOCHS=${EPOCHS:-12}
+    EPOCHS=${EPOCHS:-16}
     CHANNELS=${CHANNELS:-16}
     BATCH=${BATCH:-2}
 fi
