@@ -53,7 +53,9 @@ _REGISTRY: dict[str, Factory] = {}
 BUILTIN: dict[str, str] = {
     # architecture name -> module that registers it when imported; names not listed
     # are found by importing every module of ulmtools.models
+    "deepstulm": "ulmtools.models.dense_deepstulm",
     "mask-cnn": "ulmtools.models.mask_cnn",
+    "mspcn": "ulmtools.models.mspcn",
     "sparse-deepstulm": "ulmtools.models.deepstulm",
 }
 
