@@ -115,7 +115,7 @@ def system_psf(
     channel = np.asarray(echoes(acq, as_zxy(centre[None], acq.dim)))
     psf = DASOperator(acq, window, interp=interp, fnumber=fnumber).apply(channel)
     if shape is None:
-        psf = _crop(psf, threshold_db)
+        psf = crop_psf(psf, threshold_db)
         window = psf_window(grid, psf.shape)
     peak = psf[tuple(n // 2 for n in psf.shape)]
     if abs(peak) == 0:
@@ -129,7 +129,8 @@ def system_psf(
     return psf.astype(np.complex64), window
 
 
-def _crop(psf: np.ndarray, threshold_db: float) -> np.ndarray:
+def crop_psf(psf: np.ndarray, threshold_db: float) -> np.ndarray:
+    """The centred odd window of ``psf`` holding every sample above ``threshold_db``."""
     mag = np.abs(psf)
     keep = mag >= mag.max() * 10 ** (threshold_db / 20)
     slices = []

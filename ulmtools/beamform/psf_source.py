@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
+from ulmtools.beamform.correlation import crop_psf
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 
@@ -216,7 +217,7 @@ def estimate_psf(movies: Iterable[np.ndarray], grid: Grid) -> tuple[np.ndarray, 
             "pass --psf gaussian:FWHM_Z,FWHM_X (e.g. gaussian:100um,200um) or --psf FILE",
         )
     mean = np.mean(patches, axis=0)
-    psf = _crop(mean)
+    psf = crop_psf(mean, CROP_DB)
     peak = psf[tuple(n // 2 for n in psf.shape)]
     psf = psf * (abs(peak) / peak) / np.linalg.norm(psf)
     info = {
@@ -226,19 +227,6 @@ def estimate_psf(movies: Iterable[np.ndarray], grid: Grid) -> tuple[np.ndarray, 
         "fwhm_pixels": _fwhm_pixels(np.abs(psf)),
     }
     return psf.astype(np.complex64), info
-
-
-def _crop(psf: np.ndarray) -> np.ndarray:
-    mag = np.abs(psf)
-    keep = mag >= mag.max() * 10 ** (CROP_DB / 20)
-    slices = []
-    for axis, n in enumerate(psf.shape):
-        other = tuple(a for a in range(psf.ndim) if a != axis)
-        idx = np.flatnonzero(keep.any(axis=other))
-        c = n // 2
-        h = min(c, max(c - idx.min(), idx.max() - c) + 1)
-        slices.append(slice(c - h, c + h + 1))
-    return psf[tuple(slices)]
 
 
 def _fwhm_pixels(mag: np.ndarray) -> list[int]:
