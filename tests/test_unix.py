@@ -109,3 +109,13 @@ def test_ctrl_c_through_the_real_entry_point_says_nothing_was_left(tmp_path: Pat
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "Error: interrupted; no output was left behind"
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_a_library_import_sets_the_openmp_wait_policy(given, expected) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, ulmtools; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == expected
