@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-# Idle OpenMP threads spin by default; on a busy shared server that stalled torch on
-# 2 threads for seconds per step (46 s against 1.6 s measured here). Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# (the OpenMP wait policy is set by `import ulmtools`, before torch loads)
 import errno
 import signal
 import sys
