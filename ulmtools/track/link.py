@@ -48,35 +48,38 @@ def link(
     bounds = np.flatnonzero(np.diff(frames)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [n]])
-    last_pos = np.zeros((0, pos.shape[1]))
-    last_frame = np.zeros(0, dtype=np.int64)
-    track_of = np.zeros(0, dtype=np.int64)  # open-track slot -> track label
+    # track state, preallocated: a track is born at most once per localization
+    last_pos = np.empty((n, pos.shape[1]))
+    last_frame = np.empty(n, dtype=np.int64)
+    open_ = np.zeros(0, dtype=np.int64)  # labels of the tracks that may still continue
     n_tracks = 0
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts.tolist(), ends.tolist()):
         t = frames[a]
         here = pos[a:b]
-        alive = t - last_frame <= max_gap + 1
-        last_pos, last_frame, track_of = last_pos[alive], last_frame[alive], track_of[alive]
-        assigned = np.full(b - a, -1, dtype=np.int64)
-        if len(track_of):
-            diff = last_pos[:, None, :] - here[None, :, :]
-            dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-            gate = max_distance * (t - last_frame)[:, None]
+        if len(open_):
+            open_ = open_[t - last_frame[open_] <= max_gap + 1]
+        taken = np.zeros(b - a, dtype=bool)
+        if len(open_):
+            diff = last_pos[open_][:, None, :] - here[None, :, :]
+            dist = np.sqrt((diff * diff).sum(axis=2))
+            gate = max_distance * (t - last_frame[open_])[:, None]
             cost = np.where(dist <= gate, dist, _FORBIDDEN)
             rows, cols = linear_sum_assignment(cost)
             ok = cost[rows, cols] < _FORBIDDEN
             rows, cols = rows[ok], cols[ok]
-            assigned[cols] = rows
-            last_pos[rows] = here[cols]
-            last_frame[rows] = t
-            labels[a + cols] = track_of[rows]
-        new = np.flatnonzero(assigned < 0)
+            tracks = open_[rows]
+            labels[a + cols] = tracks
+            last_pos[tracks] = here[cols]
+            last_frame[tracks] = t
+            taken[cols] = True
+        new = np.flatnonzero(~taken)
         if len(new):
-            labels[a + new] = n_tracks + np.arange(len(new))
+            born = np.arange(n_tracks, n_tracks + len(new))
+            labels[a + new] = born
+            last_pos[born] = here[new]
+            last_frame[born] = t
+            open_ = np.concatenate([open_, born])
             n_tracks += len(new)
-            last_pos = np.concatenate([last_pos, here[new]])
-            last_frame = np.concatenate([last_frame, np.full(len(new), t, np.int64)])
-            track_of = np.concatenate([track_of, labels[a + new]])
     if min_length > 1:
         counts = np.bincount(labels, minlength=n_tracks)
         labels[counts[labels] < min_length] = -1
