@@ -8,7 +8,8 @@
 #   make bench     benchmarks, printed as tables
 #   make minkowski build and install the optional MinkowskiEngine 0.5.4 backend (~8 min once;
 #                  the wheel is cached in ~/.cache/ulmtools/wheels)
-#   make weights   retrain the small pretrained models shipped in ulmtools/weights (~15 min, CPU)
+#   make weights   retrain the pretrained models shipped in ulmtools/weights (~90 min, 2 CPU cores;
+#                  resumable; WEIGHTS_3D=0 skips 3D, SCHEDULE=paper-2d DEVICE=cuda on a GPU)
 #
 # On a GPU server, install a CUDA build of torch instead of the CPU one:
 #   make install TORCH_SPEC='torch>=2.4'
