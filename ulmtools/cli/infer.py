@@ -54,9 +54,19 @@ def infer(
             "--input-threshold",
             help="Leave out input sites with abs(corr)^2 at or below T: auto (the threshold "
             "the model was trained with, when the input was sparsified with a lower one), "
-            "none (every stored site) or a number.",
+            "none (every stored site) or a number. For deepstulm and mspcn: input pixels set to "
+            "0; auto repeats the model's training threshold.",
         ),
     ] = "auto",
+    input_mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--input-mask",
+            help="Dense models (deepstulm, mspcn): keep only the input pixels that are active "
+            "sites of this sparse store of the same movies.",
+            show_default=False,
+        ),
+    ] = None,
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     force: Force = False,
@@ -64,15 +74,43 @@ def infer(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    """Predict every movie of a sparse store with a trained network.
+    """Predict every movie of a sparse store (or, for the dense baselines deepstulm and
+    mspcn, of an image store) with a trained network.
 
     Writes a prediction store: per movie, the probability map on the x8 grid (kept
     sparse: coords (z, x[, y]) fine-grid indices, feats, offsets), the angiogram (per
     fine pixel, the number of movies above --threshold) with the fine grid in metres,
     and the input's truth copied through. With truth, prints the angiogram Dice.
-    Movies are read and predicted one batch at a time.
+    Movies are read and predicted one batch at a time. The model's architecture decides
+    the input: the sparse model reads a sparse store, deepstulm and mspcn an image store
+    (--input-threshold auto repeats their training mask); an mspcn prediction also holds
+    its per-frame detections as localizations/ (PALA metrics in ulm score).
     """
     setup(verbose=verbose, quiet=quiet)
+    from ulmtools.cli.baselines import infer_dense, model_input_kind
+
+    if model_input_kind(model, input) == "image":
+        infer_dense(
+            model,
+            input,
+            output,
+            threshold=threshold,
+            min_probability=min_probability,
+            batch_size=batch_size,
+            input_threshold=input_threshold,
+            input_mask=input_mask,
+            device=device,
+            force=force,
+            as_json=json,
+        )
+        return
+    if input_mask is not None:
+        from ulmtools.errors import UsageError
+
+        raise UsageError(
+            "--input-mask applies to the dense models (deepstulm, mspcn)",
+            "the sparse model reads the sites of its sparse input store",
+        )
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
     from ulmtools.infer.core import InferConfig, infer_store, training_threshold

@@ -1,4 +1,5 @@
-"""``ulm train``: train Sparse Deep-stULM on a sparse store with truth."""
+"""``ulm train``: train Sparse Deep-stULM on a sparse store with truth (or a baseline or
+the mask CNN on an image store)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from ulmtools.errors import OutputError, UsageError
 
 class Arch(StrEnum):
     sparse_deepstulm = "sparse-deepstulm"
+    deepstulm = "deepstulm"
+    mspcn = "mspcn"
     mask_cnn = "mask-cnn"
 
 
@@ -43,7 +46,8 @@ def train(
         Arch,
         typer.Option(
             "--arch",
-            help="sparse-deepstulm (TRAIN: a sparse store), or mask-cnn, the learned "
+            help="sparse-deepstulm (TRAIN: a sparse store); the 2D baselines deepstulm (dense "
+            "Deep-stULM) and mspcn (mSPCN-ULM, frame by frame), or mask-cnn, the learned "
             "dense-to-sparse mask of ulm sparsify (TRAIN: an image store with corr and truth).",
             case_sensitive=False,
         ),
@@ -124,6 +128,24 @@ def train(
             "coarse to fine, before the schedule (implies the classifiers).",
         ),
     ] = False,
+    input_mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--input-mask",
+            help="deepstulm, mspcn: keep only the input pixels that are active sites of this "
+            "sparse store of the same movies (the dense model with masked input).",
+            show_default=False,
+        ),
+    ] = None,
+    input_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--input-threshold",
+            help="deepstulm, mspcn: set input pixels with abs(corr)^2 at or below T to 0 "
+            "(the threshold dense-to-sparse rule on a dense model).",
+            show_default=False,
+        ),
+    ] = None,
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     seed: Seed = None,
@@ -151,6 +173,54 @@ def train(
     """
     setup(verbose=verbose, quiet=quiet)
     import numpy as np
+
+    masked = {
+        "--input-mask": input_mask is not None,
+        "--input-threshold": input_threshold is not None,
+    }
+    if arch in (Arch.deepstulm, Arch.mspcn):
+        from ulmtools.cli.baselines import train_baseline
+
+        given = {
+            "--val": val is not None,
+            "--also": bool(also),
+            "--schedule": schedule != "auto",
+            "--deep-supervision": deep_supervision,
+            "--pruning": pruning,
+            "--cascade": cascade,
+            "--resume": resume,
+            "--backend": backend is not Backend.builtin,
+        }
+        unused = [flag for flag, on in given.items() if on]
+        if unused:
+            raise UsageError(
+                f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+                f"--arch {arch.value}",
+                "it takes --epochs, --batch-size, --lr, --channels, --input-mask, "
+                "--input-threshold, --seed and --device",
+            )
+        train_baseline(
+            arch.value,
+            train_store,
+            model_store,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            channels=channels,
+            seed=seed,
+            device=device,
+            input_mask=input_mask,
+            input_threshold=input_threshold,
+            force=force,
+            as_json=json,
+        )
+        return
+    if any(masked.values()):
+        flags = ", ".join(flag for flag, on in masked.items() if on)
+        raise UsageError(
+            f"{flags} apply to the dense baselines (--arch deepstulm or mspcn)",
+            "the sparse model's input is masked by ulm sparsify",
+        )
 
     if arch is Arch.mask_cnn:
         given = {

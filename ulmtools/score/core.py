@@ -11,8 +11,9 @@ any store (simulate, beamform, sparsify, infer and track copy it through).
   (``angiogram > 0``) is scored, against the truth accumulated over the same
   number of movies.
 * Localization metrics need positions: a tracks store's ``localizations/``
-  group, compared to ``truth/positions`` frame by frame on the image grid
-  (the store's ``input_grid`` attribute).
+  group (or an mSPCN prediction's, the same table), compared to
+  ``truth/positions`` frame by frame on the image grid (the store's
+  ``input_grid`` attribute).
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ def score_reconstruction(
     if match.grid.ndim == 3:
         result["projected_dice"] = _projected(pred_acc, truth_acc, match.grid.axes)
     result["localization"] = None
-    if rec.kind == "tracks" and rec.has_localizations:
+    if rec.kind in ("tracks", "prediction") and rec.has_localizations:
         result["localization"], sat = _score_localizations(
             rec, truth_store, truth, n_movies, match, pairing, wavelength
         )

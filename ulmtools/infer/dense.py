@@ -1,0 +1,230 @@
+"""Inference of the dense baselines (``deepstulm``, ``mspcn``) on ``image`` stores.
+
+The prediction store has the layout of :mod:`ulmtools.infer.core` for every
+architecture, so ``ulm score`` treats every method alike:
+
+* ``deepstulm``: each movie's probability map on the x8 grid, sites with
+  probability >= ``min_probability`` kept (``coords``/``feats``/``offsets``);
+* ``mspcn``: ``localizations/`` holds the per-frame detections (3x3 local maxima
+  of the calibrated per-frame map above ``threshold``, refined to the centroid
+  of their neighbourhood), and each movie's map is the union over its frames of
+  those detections on the x8 grid (binary: feature 1.0, as a tracks store's):
+  ``positions`` float64 (n, D) metres, ``frames`` int32, ``intensity`` float32
+  (the map's peak) and ``offsets``, so ``ulm score`` gives PALA's localization
+  metrics too.
+
+The ``angiogram`` counts, per fine pixel, the movies whose map exceeds
+``threshold``; with truth, the angiogram Dice is computed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+
+from ulmtools.errors import InputError
+from ulmtools.infer.core import InferConfig, InferStats, accumulate
+from ulmtools.models.dense_deepstulm import DenseDeepStulm
+from ulmtools.models.mask_cnn import as_input
+from ulmtools.models.mspcn import MSPCN, local_maxima, refine
+from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.score.maps import dice
+from ulmtools.sites import RaggedWriter, SiteWriter
+from ulmtools.store import create_array
+from ulmtools.train.baselines import ImageMovies
+
+#: frames per mSPCN forward pass
+MSPCN_FRAMES = 32
+
+
+@dataclass
+class MovieMap:
+    """One movie's prediction: fine-grid sites and, for mSPCN, its detections."""
+
+    coords: np.ndarray  # (k, 2) int32 fine-grid indices, sorted
+    feats: np.ndarray  # (k,) float32 probability (or 1.0)
+    positions: np.ndarray | None = None  # (n, 2) fine-grid fractional indices
+    frames: np.ndarray | None = None  # (n,)
+    intensity: np.ndarray | None = None  # (n,)
+
+
+@torch.no_grad()
+def predict_deepstulm(
+    model: DenseDeepStulm, movies: Sequence[np.ndarray], device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Probability maps (B, 8Z, 8X) of complex movies (T, Z, X)."""
+    model.eval()
+    x = as_input(np.stack(movies)).to(device)
+    return model.probabilities(x).float().cpu().numpy()
+
+
+@torch.no_grad()
+def predict_mspcn(
+    model: MSPCN, movie: np.ndarray, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Calibrated per-frame maps (T, 8Z, 8X) of one complex movie (T, Z, X)."""
+    model.eval()
+    out = []
+    for a in range(0, len(movie), MSPCN_FRAMES):
+        x = as_input(movie[a : a + MSPCN_FRAMES, None])[:, :, 0].to(device)
+        out.append(model.maps(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def sites_of(prob: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-grid sites of a map with value >= ``floor`` (row-major order) and values."""
+    idx = np.argwhere(prob >= floor) if floor > 0 else np.argwhere(np.ones(prob.shape, bool))
+    return idx.astype(np.int32), prob[tuple(idx.T)].astype(np.float32)
+
+
+def mspcn_movie(maps: np.ndarray, threshold: float) -> MovieMap:
+    """A movie's detections from its per-frame maps, and their union on the fine grid."""
+    t = torch.from_numpy(maps)
+    peaks = local_maxima(t, threshold)
+    sub = refine(t, peaks).numpy()
+    union = np.zeros(maps.shape[1:], dtype=bool)
+    if len(sub):
+        idx = np.clip(np.rint(sub).astype(np.int64), 0, np.asarray(maps.shape[1:]) - 1)
+        union[tuple(idx.T)] = True
+    coords = np.argwhere(union).astype(np.int32)
+    return MovieMap(
+        coords=coords,
+        feats=np.ones(len(coords), np.float32),
+        positions=sub,
+        frames=peaks[:, 0].numpy().astype(np.int32),
+        intensity=maps[tuple(peaks.numpy().T)].astype(np.float32),
+    )
+
+
+def predict_movies(
+    model: DenseDeepStulm | MSPCN,
+    data: ImageMovies,
+    movies: Sequence[int],
+    config: InferConfig,
+    device: torch.device | str = "cpu",
+) -> list[MovieMap]:
+    """Predict ``movies`` of ``data`` (one forward pass of all of them for deepstulm)."""
+    if isinstance(model, MSPCN):
+        return [
+            mspcn_movie(predict_mspcn(model, data.movie(m), device), config.threshold)
+            for m in movies
+        ]
+    probs = predict_deepstulm(model, [data.movie(m) for m in movies], device)
+    return [MovieMap(*sites_of(p, config.min_probability)) for p in probs]
+
+
+def angiogram_dice(
+    model: DenseDeepStulm | MSPCN,
+    data: ImageMovies,
+    *,
+    threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    movies: Sequence[int] | None = None,
+) -> float:
+    """The paper's Dice of the movies' maps accumulated, against the truth's."""
+    ids = list(range(len(data))) if movies is None else list(movies)
+    config = InferConfig(threshold=threshold, min_probability=min(threshold, 0.01))
+    acc = np.zeros(data.fine_grid.shape, dtype=np.uint32)
+    for m in ids:
+        (mm,) = predict_movies(model, data, [m], config, device)
+        accumulate(acc, mm.coords, mm.feats, threshold if isinstance(model, DenseDeepStulm) else 0)
+    return dice(acc > 0, data.truth_angiogram(ids))
+
+
+def infer_image_store(
+    model: DenseDeepStulm | MSPCN,
+    data: ImageMovies,
+    out: zarr.Group,
+    config: InferConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback = no_progress,
+) -> InferStats:
+    """Predict every movie of ``data`` into the writable group ``out``."""
+    if data.space_ndim != model.spatial_dims:
+        raise InputError(
+            f"the model works on {model.spatial_dims}D images but the input is {data.space_ndim}D"
+        )
+    mspcn = isinstance(model, MSPCN)
+    writer = SiteWriter(
+        out,
+        data.fine_grid.axes,
+        ("detected" if mspcn else "probability",),
+        unit="fine-grid pixel index",
+    )
+    loc = None
+    if mspcn:
+        group = out.require_group("localizations")
+        group.attrs.update({"columns": list(data.grid.axes), "unit": "metre"})
+        loc = RaggedWriter(
+            group,
+            {
+                "positions": (
+                    "float64",
+                    2,
+                    {
+                        "dims": ("row", "coordinate"),
+                        "unit": "metre",
+                        "axes_order": list(data.grid.axes),
+                    },
+                ),
+                "frames": ("int32", None, {}),
+                "intensity": ("float32", None, {"meaning": "per-frame map at the maximum"}),
+            },
+        )
+    angiogram = np.zeros(data.fine_grid.shape, dtype=np.uint32)
+    stats = InferStats(movies=len(data))
+    step = 1 if mspcn else config.batch_size
+    progress(0, len(data), "")
+    for b0 in range(0, len(data), step):
+        batch = list(range(b0, min(len(data), b0 + step)))
+        t0 = time.perf_counter()
+        maps = predict_movies(model, data, batch, config, device)
+        per = (time.perf_counter() - t0) / len(batch)
+        for mm in maps:
+            accumulate(angiogram, mm.coords, mm.feats, 0 if mspcn else config.threshold)
+            writer.write_movie(mm.coords, mm.feats)
+            if loc is not None:
+                assert mm.positions is not None
+                loc.write_movie(
+                    positions=data.fine_grid.to_position(mm.positions).reshape(-1, 2),
+                    frames=mm.frames,
+                    intensity=mm.intensity,
+                )
+            stats.input_sites.append(int(np.prod(data.shape)))
+            stats.output_sites.append(len(mm.coords))
+            stats.seconds.append(per)
+        progress(batch[-1] + 1, len(data), f"{stats.output_sites[-1]} sites")
+    writer.close()
+    if loc is not None:
+        loc.close()
+    rows = max(1, min(angiogram.shape[0], (1 << 23) // int(np.prod(angiogram.shape[1:]))))
+    create_array(
+        out,
+        "angiogram",
+        shape=angiogram.shape,
+        dtype="uint32",
+        dims=data.fine_grid.axes,
+        chunks=(rows, *angiogram.shape[1:]),
+        attrs={"threshold": config.threshold, "meaning": "movies above threshold per pixel"},
+    )[...] = angiogram
+    if data.truth is not None:
+        stats.dice = dice(angiogram > 0, data.truth_angiogram())
+    return stats
+
+
+__all__ = [
+    "MSPCN_FRAMES",
+    "MovieMap",
+    "angiogram_dice",
+    "infer_image_store",
+    "mspcn_movie",
+    "predict_deepstulm",
+    "predict_movies",
+    "predict_mspcn",
+]
