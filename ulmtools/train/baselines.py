@@ -36,6 +36,8 @@ from ulmtools.store import Store, check_finite, open_store
 from ulmtools.truth import Truth
 
 BASELINES = ("deepstulm", "mspcn")
+#: Adam's learning rate by default; measured here, 1e-2 collapsed mSPCN to an all-zero output
+DEFAULT_LR = {"deepstulm": 1e-2, "mspcn": 3e-3}
 
 NO_3D = {
     "deepstulm": "a dense 3D+t Deep-stULM needs 4D convolutions, which PyTorch lacks, and "
@@ -187,7 +189,7 @@ class BaselineTrainConfig:
     arch: str = "deepstulm"
     epochs: int = 30
     batch: int = 2  # movies per step (deepstulm) or frames per step (mspcn: x8)
-    lr: float = 1e-2
+    lr: float | None = None  # DEFAULT_LR of the architecture
     channels: int = 16  # deepstulm's first level; mspcn uses 4x as many
     smooth: float = 1e-3  # soft Dice smoothing (deepstulm)
     sigma: float = 3.0  # Gaussian of the mSPCN loss, fine pixels
@@ -196,6 +198,8 @@ class BaselineTrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in BASELINES:
             raise UsageError(f"unknown baseline {self.arch!r}; known: {', '.join(BASELINES)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.arch])
 
     @property
     def frames_per_step(self) -> int:
@@ -283,7 +287,7 @@ def train_baseline(
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model = build_baseline(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=float(config.lr or DEFAULT_LR[config.arch]))
     history: list[dict[str, Any]] = []
     if config.arch == "deepstulm":
         steps = math.ceil(len(data) / config.batch)
