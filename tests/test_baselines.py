@@ -200,7 +200,16 @@ def test_refusals(cli, stores, image3d, sparse_model, tmp_path):
     assert r.code == 2 and "--pruning does not apply to --arch deepstulm" in r.err
     r = cli("train", sparse, tmp_path / "o5.zarr", "--input-threshold", "0.1")
     assert r.code == 2 and "apply to the dense baselines" in r.err
-    assert not any((tmp_path / n).exists() for n in ("o1.zarr", "o2.zarr", "o3.zarr"))
+    r = cli("infer", sparse_model, sparse, tmp_path / "o6.zarr", "--input-mask", sparse)
+    assert r.code == 2 and "--input-mask applies to the dense models" in r.err
+    r = cli("train", image, tmp_path / "o7.zarr", "--arch", "mspcn", "--lr", "nan")
+    assert r.code == 2 and "--lr" in r.err
+    r = cli("train", image, image / "m.zarr", "--arch", "deepstulm", "--epochs", "1")
+    assert r.code == 4 and not (image / "m.zarr").exists()  # never inside an input
+    r = cli("infer", dense, image, image / "p.zarr")
+    assert r.code == 4 and not (image / "p.zarr").exists()
+    names = ("o1.zarr", "o2.zarr", "o3.zarr", "o6.zarr", "o7.zarr")
+    assert not any((tmp_path / n).exists() for n in names)
 
 
 def test_mspcn_prediction_has_localizations_scored_by_ulm_score(cli, stores, tmp_path):
