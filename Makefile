@@ -8,6 +8,8 @@
 #   make bench     benchmarks, printed as tables
 #   make minkowski build and install the optional MinkowskiEngine 0.5.4 backend (~8 min once;
 #                  the wheel is cached in ~/.cache/ulmtools/wheels)
+#   make gpu-check on a machine with a CUDA GPU: the CUDA tests and bench/bench_gpu.py (a few
+#                  minutes); PY=python3 uses an environment that already has the dependencies
 #   make weights   retrain the pretrained models shipped in ulmtools/weights (~90 min, 2 CPU cores;
 #                  resumable; WEIGHTS_3D=0 skips 3D, SCHEDULE=paper-2d DEVICE=cuda on a GPU)
 #
@@ -21,7 +23,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format bench demo demo-3d clean minkowski weights
+.PHONY: install test test-all lint format bench demo demo-3d clean minkowski weights gpu-check
 
 install: $(STAMP)
 
@@ -51,6 +53,12 @@ format: install
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check:
+	test -x $(PY) || $(MAKE) install
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device (install a CUDA build: make install TORCH_SPEC=torch>=2.4)')"
+	$(PY) -m pytest -m cuda -q -rs tests/test_cuda.py tests/test_model_store.py
+	$(PY) bench/bench_gpu.py --device cuda
 
 minkowski: install
 	bash scripts/build-minkowski.sh $(VENV)
