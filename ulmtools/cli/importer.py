@@ -71,11 +71,11 @@ def import_(
         ),
     ] = None,
     wavelength: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--wavelength",
-            help="Wavelength in metres, for PData and lengths in lambda. Default: UF.Lambda, "
-            "or c / Trans.frequency.",
+            help="Wavelength, for PData and lengths in lambda: 98.6um, 0.0986mm or 9.86e-5 "
+            "(metres). Default: UF.Lambda, or c / Trans.frequency.",
             show_default=False,
         ),
     ] = None,
@@ -139,7 +139,7 @@ def import_(
     that supplies it. Provenance records the file's path and SHA-256.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.io.importer import ImportConfig, plan, run
+    from ulmtools.io.importer import ImportConfig, parse_length, plan, run
     from ulmtools.store import check_output, create_store, provenance_entry
 
     config = ImportConfig(
@@ -149,7 +149,7 @@ def import_(
         frame_rate=frame_rate,
         grid_step=grid_step,
         origin=origin,
-        wavelength=wavelength,
+        wavelength=None if wavelength is None else parse_length(wavelength, None, "--wavelength"),
         fc=fc,
         probe_file=str(probe_file) if probe_file is not None else None,
         truth=str(truth) if truth is not None else None,
