@@ -78,6 +78,17 @@ if [ -n "${resume[*]}" ] || [ ! -d "$model2d" ]; then
 fi
 rm -rf "$OUT/deepstulm-2d.zarr"
 cp -r "$model2d" "$OUT/deepstulm-2d.zarr"
+# the model card 'ulm info shipped:2d' prints: recipe and held-out results, measured
+CARD2D=${CARD2D:-ulmtools/weights/deepstulm-2d.card.txt}
+if [ -f "$CARD2D" ]; then
+    python - "$OUT/deepstulm-2d.zarr" "$CARD2D" <<'PY'
+import sys
+
+import zarr
+
+zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
+PY
+fi
 
 if [ "$WEIGHTS_3D" != 0 ]; then
     # 3D+t: 8 + 2 movies of 32 frames, 10 bubbles per field of view, 32^3 at lambda/2;
