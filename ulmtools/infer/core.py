@@ -230,6 +230,18 @@ def infer_store(
             stats.seconds.append(per)
         progress(batch[-1] + 1, len(data), f"{stats.output_sites[-1]} sites")
     writer.close()
+    finish_prediction(out, angiogram, data, config, stats)
+    return stats
+
+
+def finish_prediction(
+    out: zarr.Group, angiogram: np.ndarray, data: Any, config: InferConfig, stats: InferStats
+) -> None:
+    """Write the accumulated ``angiogram`` and, with truth, its Dice into ``stats``.
+
+    ``data`` is any movie reader with ``fine_grid``, ``truth`` and ``truth_angiogram()``
+    (the sparse and the image-store readers alike).
+    """
     rows = max(1, min(angiogram.shape[0], (1 << 23) // int(np.prod(angiogram.shape[1:]))))
     create_array(
         out,
@@ -242,4 +254,3 @@ def infer_store(
     )[...] = angiogram
     if data.truth is not None:
         stats.dice = dice(angiogram > 0, data.truth_angiogram())
-    return stats

@@ -28,14 +28,13 @@ import torch
 import zarr
 
 from ulmtools.errors import InputError
-from ulmtools.infer.core import InferConfig, InferStats, accumulate
+from ulmtools.infer.core import InferConfig, InferStats, accumulate, finish_prediction
 from ulmtools.models.dense_deepstulm import DenseDeepStulm
 from ulmtools.models.mask_cnn import as_input
 from ulmtools.models.mspcn import MSPCN, local_maxima, refine
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.score.maps import dice
 from ulmtools.sites import RaggedWriter, SiteWriter
-from ulmtools.store import create_array
 from ulmtools.train.baselines import ImageMovies
 
 #: frames per mSPCN forward pass
@@ -203,18 +202,7 @@ def infer_image_store(
     writer.close()
     if loc is not None:
         loc.close()
-    rows = max(1, min(angiogram.shape[0], (1 << 23) // int(np.prod(angiogram.shape[1:]))))
-    create_array(
-        out,
-        "angiogram",
-        shape=angiogram.shape,
-        dtype="uint32",
-        dims=data.fine_grid.axes,
-        chunks=(rows, *angiogram.shape[1:]),
-        attrs={"threshold": config.threshold, "meaning": "movies above threshold per pixel"},
-    )[...] = angiogram
-    if data.truth is not None:
-        stats.dice = dice(angiogram > 0, data.truth_angiogram())
+    finish_prediction(out, angiogram, data, config, stats)
     return stats
 
 

@@ -33,7 +33,7 @@ from ulmtools.models.mask_cnn import as_input, soft_dice_loss
 from ulmtools.models.mspcn import MSPCN, blurred_l1
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, open_store
-from ulmtools.truth import Truth
+from ulmtools.train.data import open_truth
 
 BASELINES = ("deepstulm", "mspcn")
 #: Adam's learning rate by default; measured here, 1e-2 collapsed mSPCN to an all-zero output
@@ -90,22 +90,13 @@ class ImageMovies:
             raise UsageError(f"--input-threshold must be >= 0, got {input_threshold}")
         self.input_threshold = input_threshold
         self.mask = None if input_mask is None else self._open_mask(input_mask)
-        self.truth: Truth | None = Truth(self.store) if self.store.has_truth else None
-        if need_truth and self.truth is None:
-            raise InputError(
-                f"{self.store.path} has no ground truth (truth/ group) to train on",
-                "train on an image store made from simulated data (ulm simulate)",
-            )
-        if self.truth is not None:
-            if self.truth.n_movies != self.n:
-                raise InputError(
-                    f"{self.store.path}: truth has {self.truth.n_movies} movies, the data {self.n}"
-                )
-            if tuple(self.truth.tracks.shape[1:]) != tuple(self.fine_grid.shape):
-                raise InputError(
-                    f"{self.store.path}: truth tracks of shape {self.truth.tracks.shape[1:]} "
-                    f"are not the x{FACTOR} grid {self.fine_grid.shape}"
-                )
+        self.truth = open_truth(
+            self.store,
+            self.n,
+            self.fine_grid,
+            need_truth=need_truth,
+            hint="train on an image store made from simulated data (ulm simulate)",
+        )
         self._movies: dict[int, np.ndarray] = {}
         self._targets: dict[int, np.ndarray] = {}
         self._cache = self.n * int(np.prod(self.shape)) * 8 <= 1 << 29

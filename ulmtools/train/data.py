@@ -32,6 +32,25 @@ def dilate(tracks: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_dilation(tracks, structure=ball(radius, tracks.ndim))
 
 
+def open_truth(
+    store: Store, n: int, fine_grid: Grid, *, need_truth: bool, hint: str
+) -> Truth | None:
+    """The store's truth, checked against its ``n`` movies and the x8 ``fine_grid``."""
+    truth = Truth(store) if store.has_truth else None
+    if need_truth and truth is None:
+        raise InputError(f"{store.path} has no ground truth (truth/ group) to train on", hint)
+    if truth is not None:
+        if truth.n_movies != n:
+            raise InputError(f"{store.path}: truth has {truth.n_movies} movies, the data {n}")
+        if tuple(truth.tracks.shape[1:]) != tuple(fine_grid.shape):
+            raise InputError(
+                f"{store.path}: truth tracks of shape {truth.tracks.shape[1:]} "
+                f"are not the x{FACTOR} grid {fine_grid.shape}",
+                f"the networks predict on the x{FACTOR} grid of the input",
+            )
+    return truth
+
+
 class SparseMovies:
     """Random access to the movies of a sparse store (and, if present, their truth).
 
@@ -90,23 +109,13 @@ class SparseMovies:
             )
         self.n = n_movies(self.store)
         self.fine_grid = self.grid.refined(FACTOR)
-        self.truth: Truth | None = Truth(self.store) if self.store.has_truth else None
-        if need_truth and self.truth is None:
-            raise InputError(
-                f"{self.store.path} has no ground truth (truth/ group) to train on",
-                "train on a sparse store made from simulated data (ulm simulate, ulm sparsify)",
-            )
-        if self.truth is not None:
-            if self.truth.n_movies != self.n:
-                raise InputError(
-                    f"{self.store.path}: truth has {self.truth.n_movies} movies, the data {self.n}"
-                )
-            if tuple(self.truth.tracks.shape[1:]) != tuple(self.fine_grid.shape):
-                raise InputError(
-                    f"{self.store.path}: truth tracks of shape {self.truth.tracks.shape[1:]} "
-                    f"are not the x{FACTOR} grid {self.fine_grid.shape}",
-                    f"the networks predict on the x{FACTOR} grid of the input",
-                )
+        self.truth = open_truth(
+            self.store,
+            self.n,
+            self.fine_grid,
+            need_truth=need_truth,
+            hint="train on a sparse store made from simulated data (ulm simulate, ulm sparsify)",
+        )
         total = int(self.offsets[-1]) * 4 * (coords.shape[1] + 2)
         self._all: tuple[np.ndarray, np.ndarray] | None = None
         if total <= CACHE_BYTES:
