@@ -178,27 +178,26 @@ def train(
         "--input-mask": input_mask is not None,
         "--input-threshold": input_threshold is not None,
     }
+    # options of the sparse network only, refused by the image-store architectures
+    sparse_only = {
+        "--val": val is not None,
+        "--also": bool(also),
+        "--schedule": schedule != "auto",
+        "--deep-supervision": deep_supervision,
+        "--pruning": pruning,
+        "--cascade": cascade,
+        "--resume": resume,
+        "--backend": backend is not Backend.builtin,
+    }
     if arch in (Arch.deepstulm, Arch.mspcn):
         from ulmtools.cli.baselines import train_baseline
 
-        given = {
-            "--val": val is not None,
-            "--also": bool(also),
-            "--schedule": schedule != "auto",
-            "--deep-supervision": deep_supervision,
-            "--pruning": pruning,
-            "--cascade": cascade,
-            "--resume": resume,
-            "--backend": backend is not Backend.builtin,
-        }
-        unused = [flag for flag, on in given.items() if on]
-        if unused:
-            raise UsageError(
-                f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
-                f"--arch {arch.value}",
-                "it takes --epochs, --batch-size, --lr, --channels, --input-mask, "
-                "--input-threshold, --seed and --device",
-            )
+        _refuse(
+            sparse_only,
+            arch.value,
+            "it takes --epochs, --batch-size, --lr, --channels, --input-mask, "
+            "--input-threshold, --seed and --device",
+        )
         train_baseline(
             arch.value,
             train_store,
@@ -223,23 +222,11 @@ def train(
         )
 
     if arch is Arch.mask_cnn:
-        given = {
-            "--val": val is not None,
-            "--also": bool(also),
-            "--schedule": schedule != "auto",
-            "--deep-supervision": deep_supervision,
-            "--pruning": pruning,
-            "--cascade": cascade,
-            "--resume": resume,
-            "--backend": backend is not Backend.builtin,
-        }
-        unused = [flag for flag, on in given.items() if on]
-        if unused:
-            raise UsageError(
-                f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
-                "--arch mask-cnn",
-                "it takes --epochs, --batch-size, --lr, --channels, --seed and --device",
-            )
+        _refuse(
+            sparse_only,
+            "mask-cnn",
+            "it takes --epochs, --batch-size, --lr, --channels, --seed and --device",
+        )
         _train_mask_cnn(
             train_store, model_store, epochs, batch_size, lr, channels, seed, device, force, json
         )
@@ -567,3 +554,14 @@ def _text(r: dict[str, Any]) -> str:
         f"{r['dimension'] - 1}D+t), {_epochs(r['epochs'])} of {r['schedule']} on {r['device']}\n"
         f"final loss {loss}{val}; {r['seconds']:.1f} s, peak memory {r['peak_memory_mb']:.0f} MB"
     )
+
+
+def _refuse(given: dict[str, bool], arch: str, takes: str) -> None:
+    """A usage error naming every option given that ``--arch ARCH`` does not take."""
+    unused = [flag for flag, on in given.items() if on]
+    if unused:
+        raise UsageError(
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+            f"--arch {arch}",
+            takes,
+        )
