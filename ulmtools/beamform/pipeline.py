@@ -39,10 +39,13 @@ from ulmtools.grid import SPACE_AXES, Grid
 from ulmtools.limits import check_memory
 from ulmtools.memory import return_large_buffers_to_os
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.runner import MovieStage
 from ulmtools.store import Store, check_finite, create_array, default_chunks
 
 __all__ = [
     "BeamformConfig",
+    "BeamformStage",
+    "BeamformTask",
     "Plan",
     "parse_clutter",
     "parse_grid_size",
@@ -467,92 +470,152 @@ def run(
     progress: ProgressCallback = no_progress,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Beamform, filter and correlate every movie of ``p`` into ``out``."""
-    numba.set_num_threads(max(1, min(p.workers, numba.config.NUMBA_NUM_THREADS)))
-    timings = Timings()
-    grid = p.grid
-    chunks = (1, p.frames_per_chunk, *grid.shape)
-    iq_out = create_array(
-        out, "iq", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks
-    )
-    corr_out = None
-    psf = None
-    summary: dict[str, Any] = {}
-    if p.correlate:
-        t = time.perf_counter()
-        if p.psf_source == "input":
-            psf = np.asarray(p.source.array("psf")[...]).astype(np.complex64)
-            check_finite(psf, f"{p.source.path}/psf")
-            if psf.ndim != grid.ndim or any(n % 2 == 0 for n in psf.shape):
-                raise InputError(
-                    f"{p.source.path}/psf has shape {psf.shape}; a {grid.ndim}D PSF of odd "
-                    "sizes centred on its middle pixel is needed"
-                )
-            psf_grid_attrs = dict(p.source.array("psf").attrs.get("grid", {}))
-        elif p.psf_source in ("gaussian", "file", "estimated"):
-            psf = _psf_without_acquisition(p, summary)
-            psf_grid_attrs = psf_window(grid, psf.shape).to_attrs()
-        else:
+    """Beamform, filter and correlate every movie of ``p`` into ``out`` (in-process)."""
+    from ulmtools.runner import fill
+
+    return fill(BeamformStage(p, log=log), out, progress=progress)
+
+
+class BeamformStage(MovieStage):
+    """``ulm beamform`` for the runner: one task per movie, writing its ``iq`` and ``corr``."""
+
+    name = "beamform"
+    kind = "image"
+
+    def __init__(self, p: Plan, *, log: Callable[[str], None] | None = None) -> None:
+        self.plan = p
+        self.log = log
+        src = p.source
+        self.inputs = [src]
+        self.input_paths = [src.path]
+        self.parameters = p.parameters
+        self.grid = p.grid
+        self.axes = p.dims
+        self.attrs = {"beamform": p.parameters}
+        if "acquisition" in src.attrs:
+            self.attrs["acquisition"] = dict(src.attrs["acquisition"])
+        if "wavelength" in src.attrs:
+            self.attrs["wavelength"] = src.attrs["wavelength"]
+        self.units = [[m] for m in range(p.n_movies)]
+        self.truth = src
+        self.truth_grid = p.grid
+        self.timings = Timings()
+        self.summary: dict[str, Any] = {}
+        self.psf: np.ndarray | None = None
+        self._task: BeamformTask | None = None
+
+    def create(self, root: zarr.Group) -> None:
+        p = self.plan
+        grid = p.grid
+        chunks = (1, p.frames_per_chunk, *grid.shape)
+        create_array(root, "iq", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks)
+        if p.correlate:
+            t = time.perf_counter()
+            psf, psf_grid_attrs = _psf(p, self.summary)
+            self.timings.psf = time.perf_counter() - t
+            arr = create_array(
+                root,
+                "psf",
+                shape=psf.shape,
+                dtype="complex64",
+                dims=tuple(f"psf_{a}" for a in grid.axes),
+                chunks=psf.shape,
+            )
+            arr[...] = psf
+            arr.attrs.update(
+                {"grid": psf_grid_attrs, "source": p.psf_source, "echo_model": p.psf_model}
+            )
+            create_array(
+                root, "corr", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks
+            )
+            self.summary["psf_shape"] = list(psf.shape)
+            self.psf = psf
+        if p.mode == "channel":
             assert p.acquisition is not None
-            psf, psf_grid = system_psf(
-                p.acquisition,
-                grid,
-                interp=p.interp,
-                fnumber=p.fnumber,
-                model=p.parameters.get("psf_model_choice", "auto"),
-            )
-            psf_grid_attrs = psf_grid.to_attrs()
-        timings.psf = time.perf_counter() - t
-        arr = create_array(
-            out,
-            "psf",
-            shape=psf.shape,
-            dtype="complex64",
-            dims=tuple(f"psf_{a}" for a in grid.axes),
-            chunks=psf.shape,
+            t = time.perf_counter()
+            op = DASOperator(p.acquisition, grid, interp=p.interp, fnumber=p.fnumber)
+            self.timings.build = time.perf_counter() - t
+            self.summary["das"] = {**op.describe(), "from_cache": op.from_cache}
+            if self.log:
+                self.log(
+                    f"DAS matrix: {op.nnz:,} weights, {op.nbytes / 2**20:.0f} MiB, "
+                    f"built in {self.timings.build:.2f} s"
+                )
+        self._start = time.perf_counter()
+
+    def task(self, root_path: str) -> BeamformTask:
+        p = self.plan
+        src = p.source.array("iq")
+        block = _read_block_frames(src, p.n_frames) if p.mode == "channel" else p.n_frames
+        self._task = BeamformTask(
+            source=str(p.source.path),
+            root=root_path,
+            mode=p.mode,
+            acquisition=p.acquisition,
+            grid=p.grid,
+            n_frames=p.n_frames,
+            block=block,
+            clutter=p.clutter,
+            correlate=p.correlate,
+            interp=p.interp,
+            fnumber=p.fnumber,
+            workers=p.workers,
+            psf=self.psf,
         )
-        arr[...] = psf
-        arr.attrs.update(
-            {"grid": psf_grid_attrs, "source": p.psf_source, "echo_model": p.psf_model}
-        )
-        corr_out = create_array(
-            out, "corr", shape=p.out_shape, dtype="complex64", dims=p.dims, chunks=chunks
-        )
-        summary["psf_shape"] = list(psf.shape)
-    op = None
-    if p.mode == "channel":
-        assert p.acquisition is not None
-        t = time.perf_counter()
-        op = DASOperator(p.acquisition, grid, interp=p.interp, fnumber=p.fnumber)
-        timings.build = time.perf_counter() - t
-        summary["das"] = {**op.describe(), "from_cache": op.from_cache}
-        if log:
-            log(
-                f"DAS matrix: {op.nnz:,} weights, {op.nbytes / 2**20:.0f} MiB, "
-                f"built in {timings.build:.2f} s"
-            )
-    src = p.source.array("iq")
-    block = _read_block_frames(src, p.n_frames) if p.mode == "channel" else p.n_frames
-    total = p.n_movies * p.n_frames
-    start = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulm-read")
-    try:
-        _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, pool)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    elapsed = time.perf_counter() - start
-    summary.update(
-        {
+        return self._task
+
+    def collect(self, movie: int, result: dict[str, float]) -> str:
+        for name, seconds in result.items():
+            setattr(self.timings, name, getattr(self.timings, name) + seconds)
+        return f"movie {movie + 1}/{self.plan.n_movies}"
+
+    def finish(self, root: zarr.Group) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.close()
+        p = self.plan
+        elapsed = time.perf_counter() - self._start
+        total = p.n_movies * p.n_frames
+        return {
+            **self.summary,
             "movies": p.n_movies,
             "frames": p.n_frames,
-            "grid_shape": list(grid.shape),
-            "grid_spacing": list(grid.spacing),
+            "grid_shape": list(p.grid.shape),
+            "grid_spacing": list(p.grid.spacing),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(total / elapsed, 1) if elapsed > 0 else None,
-            "timings": timings.as_dict(),
+            "timings": self.timings.as_dict(),
         }
+
+    def result(self, summary: dict[str, Any], root: zarr.Group) -> dict[str, Any]:
+        summary.pop("_seconds", None)
+        root.attrs["beamform"] = {**self.plan.parameters, "result": summary}
+        return summary
+
+
+def _psf(p: Plan, summary: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The system PSF the correlation uses, and the attributes of its grid."""
+    grid = p.grid
+    if p.psf_source == "input":
+        psf = np.asarray(p.source.array("psf")[...]).astype(np.complex64)
+        check_finite(psf, f"{p.source.path}/psf")
+        if psf.ndim != grid.ndim or any(n % 2 == 0 for n in psf.shape):
+            raise InputError(
+                f"{p.source.path}/psf has shape {psf.shape}; a {grid.ndim}D PSF of odd "
+                "sizes centred on its middle pixel is needed"
+            )
+        return psf, dict(p.source.array("psf").attrs.get("grid", {}))
+    if p.psf_source in ("gaussian", "file", "estimated"):
+        psf = _psf_without_acquisition(p, summary)
+        return psf, psf_window(grid, psf.shape).to_attrs()
+    assert p.acquisition is not None
+    psf, psf_grid = system_psf(
+        p.acquisition,
+        grid,
+        interp=p.interp,
+        fnumber=p.fnumber,
+        model=p.parameters.get("psf_model_choice", "auto"),
     )
-    return summary
+    return psf, psf_grid.to_attrs()
 
 
 def _psf_without_acquisition(p: Plan, summary: dict[str, Any]) -> np.ndarray:
@@ -576,38 +639,85 @@ def _psf_without_acquisition(p: Plan, summary: dict[str, Any]) -> np.ndarray:
     return psf
 
 
-def _run_movies(p, op, psf, src, block, iq_out, corr_out, timings, progress, pool) -> None:
-    grid = p.grid
-    total = p.n_movies * p.n_frames
-    for m in range(p.n_movies):
-        movie = np.empty((p.n_frames, *grid.shape), dtype=np.complex64)
+@dataclass
+class BeamformTask:
+    """Beamforms whole movies into the output store at ``root`` (picklable: one per worker).
+
+    Reopens the input and the output by path, so it runs in this process, a worker
+    process or on a Dask worker alike; the DAS matrix is built once per process.
+    """
+
+    source: str
+    root: str
+    mode: str
+    acquisition: Acquisition | None
+    grid: Grid
+    n_frames: int
+    block: int
+    clutter: int
+    correlate: bool
+    interp: str
+    fnumber: str | float
+    workers: int
+    psf: np.ndarray | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def _open(self) -> tuple[Any, Any, Any, Any, ThreadPoolExecutor]:
+        cached = self.__dict__.get("_opened")
+        if cached is None:
+            from ulmtools.store import open_store
+
+            src = open_store(self.source, ["channel", "image"]).array("iq")
+            iq_out = zarr.open_array(f"{self.root}/iq", mode="r+")
+            corr_out = zarr.open_array(f"{self.root}/corr", mode="r+") if self.correlate else None
+            op = None
+            if self.mode == "channel":
+                assert self.acquisition is not None
+                op = DASOperator(
+                    self.acquisition, self.grid, interp=self.interp, fnumber=self.fnumber
+                )
+            # one reader thread for the whole run: a new thread per movie would get a
+            # fresh malloc arena each time and the process would grow with the movies
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulm-read")
+            cached = self.__dict__["_opened"] = (src, iq_out, corr_out, op, pool)
+        return cached
+
+    def close(self) -> None:
+        cached = self.__dict__.pop("_opened", None)
+        if cached is not None:
+            cached[-1].shutdown(wait=True, cancel_futures=True)
+
+    def __call__(self, unit: list[int]) -> list[dict[str, float]]:
+        numba.set_num_threads(max(1, min(self.workers, numba.config.NUMBA_NUM_THREADS)))
+        src, iq_out, corr_out, op, pool = self._open()
+        return [self.movie(m, src, iq_out, corr_out, op, pool) for m in unit]
+
+    def movie(self, m, src, iq_out, corr_out, op, pool) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        t_ = {"read": 0.0, "das": 0.0, "clutter": 0.0, "correlate": 0.0, "write": 0.0}
+        movie = np.empty((self.n_frames, *self.grid.shape), dtype=np.complex64)
         t_read = time.perf_counter()
-        for f0, data in _read_blocks(pool, src, m, p.n_frames, block):
+        for f0, data in _read_blocks(pool, src, m, self.n_frames, self.block):
             t = time.perf_counter()
-            timings.read += t - t_read
-            check_finite(data, f"{p.source.path}/iq", movie=m, first_frame=f0)
-            if op is not None:
-                movie[f0 : f0 + len(data)] = op.apply(data)
-            else:
-                movie[f0 : f0 + len(data)] = data
-            done = m * p.n_frames + f0 + len(data)
+            t_["read"] += t - t_read
+            check_finite(data, f"{self.source}/iq", movie=m, first_frame=f0)
+            movie[f0 : f0 + len(data)] = op.apply(data) if op is not None else data
             del data
             t_read = time.perf_counter()
-            timings.das += t_read - t
-            progress(done, total, f"movie {m + 1}/{p.n_movies}")
-        if p.clutter:
+            t_["das"] += t_read - t
+        if self.clutter:
             t = time.perf_counter()
-            movie = svd_filter(movie, p.clutter)
-            timings.clutter += time.perf_counter() - t
+            movie = svd_filter(movie, self.clutter)
+            t_["clutter"] += time.perf_counter() - t
         t = time.perf_counter()
         iq_out[m] = movie
-        timings.write += time.perf_counter() - t
+        t_["write"] += time.perf_counter() - t
         if corr_out is not None:
             t = time.perf_counter()
-            corr = psf_correlation(movie, psf, workers=p.workers)
-            timings.correlate += time.perf_counter() - t
+            corr = psf_correlation(movie, self.psf, workers=self.workers)
+            t_["correlate"] += time.perf_counter() - t
             t = time.perf_counter()
             corr_out[m] = corr
-            timings.write += time.perf_counter() - t
-            del corr
-        del movie
+            t_["write"] += time.perf_counter() - t
+        return t_

@@ -7,9 +7,17 @@ from typing import Annotated
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
-from ulmtools.cli.options import Force, InputStore, Json, OutputStore, Quiet, Verbose, Workers
-from ulmtools.store import check_output, create_store, lineage, open_store, provenance_entry
-from ulmtools.truth import copy_truth
+from ulmtools.cli.options import (
+    Dask,
+    DaskScheduler,
+    Force,
+    InputStore,
+    Json,
+    OutputStore,
+    Quiet,
+    Verbose,
+    Workers,
+)
 
 
 def beamform(
@@ -98,6 +106,8 @@ def beamform(
         ),
     ] = None,
     workers: Workers = 0,
+    dask: Dask = False,
+    dask_scheduler: DaskScheduler = None,
     force: Force = False,
     json: Json = False,
     verbose: Verbose = False,
@@ -116,69 +126,27 @@ def beamform(
     copied through.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.beamform.pipeline import (
-        BeamformConfig,
-        parse_clutter,
-        plan,
-        return_large_buffers_to_os,
-        run,
-    )
+    from ulmtools import api
 
-    config = BeamformConfig(
-        grid_step=grid_step,
-        grid_size=grid_size,
-        depth=depth,
-        clutter=parse_clutter(clutter),
-        correlate=correlate,
-        frames_per_chunk=frames_per_chunk,
-        interp=interp,
-        fnumber=fnumber,
-        psf_model=psf_model,
-        workers=workers,
-        psf=psf,
-    )
-    src = open_store(input, ["channel", "image"])
-    work = plan(src, config)
-    check_output(output, force=force, inputs=[input])
-    return_large_buffers_to_os()  # memory stays flat however many movies stream through
-    entry = provenance_entry("beamform", work.parameters, [src])
-    attrs = {"beamform": work.parameters}
-    if "acquisition" in src.attrs:
-        attrs["acquisition"] = dict(src.attrs["acquisition"])
-    if "wavelength" in src.attrs:
-        attrs["wavelength"] = src.attrs["wavelength"]
-    with create_store(
-        output,
-        "image",
-        provenance=lineage([src], entry),
-        grid=work.grid,
-        axes=work.dims,
-        attrs=attrs,
-        force=force,
-        inputs=[input],
-    ) as root:
-        with progress("beamform") as report:
-            summary = run(work, root, progress=report, log=log.info)
-        summary["truth"] = copy_truth(src, root, grid=work.grid)
-        root.attrs["beamform"] = {**work.parameters, "result": summary}
-        # made before the rename: a failure here leaves no finished output behind an error
-        result = {"output": str(output), "input": str(input), "mode": work.mode, **summary}
-        das = summary.get("das", {})
-        text = (
-            f"{output}: {work.n_movies} movie(s) x {work.n_frames} frames on a "
-            f"{'x'.join(map(str, work.grid.shape))} grid "
-            f"({', '.join(f'{s * 1e6:.1f} um' for s in work.grid.spacing)}), "
-            f"{summary['frames_per_second']} frames/s"
-            + (f", DAS {das['nnz']:,} weights" if das else ", input already beamformed")
-            + (f", clutter svd:{work.clutter}" if work.clutter else "")
-            + (f", PSF {'x'.join(map(str, summary['psf_shape']))}" if work.correlate else "")
-            + (
-                f" estimated from {summary['psf_estimate']['patches']} isolated bubbles"
-                if "psf_estimate" in summary
-                else f" ({work.psf_source})"
-                if work.psf_source in ("gaussian", "file")
-                else ""
-            )
-            + (", truth copied" if summary["truth"] else "")
+    with progress("beamform") as report:
+        result = api.beamform(
+            input,
+            output,
+            grid_step=grid_step,
+            grid_size=grid_size,
+            depth=depth,
+            clutter=clutter,
+            correlate=correlate,
+            frames_per_chunk=frames_per_chunk,
+            interp=interp,
+            fnumber=fnumber,
+            psf_model=psf_model,
+            psf=psf,
+            workers=workers,
+            dask=dask,
+            dask_scheduler=dask_scheduler,
+            force=force,
+            progress=report,
+            log=log.info,
         )
-    emit(result, as_json=json, text=text)
+    emit(result, as_json=json, text=result.text)

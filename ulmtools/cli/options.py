@@ -59,6 +59,23 @@ Workers = Annotated[
         "--workers", min=0, help="Worker processes; 0 uses every core, 1 works in-process."
     ),
 ]
+Dask = Annotated[
+    bool,
+    typer.Option(
+        "--dask",
+        help="Run the movies as tasks on a Dask LocalCluster of --workers workers "
+        "(needs the cluster extra: pip install 'ulm-toolchain[cluster]').",
+    ),
+]
+DaskScheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--dask-scheduler",
+        help="Run the movies as tasks on a running Dask cluster: its scheduler's address "
+        "(tcp://host:8786) or scheduler file. Every worker must see the input and output paths.",
+        show_default=False,
+    ),
+]
 InputStore = Annotated[
     Path, typer.Argument(help="Input store (a .zarr directory).", show_default=False)
 ]
