@@ -160,12 +160,12 @@ def test_topk_text_summary(cli, stores, tmp_path) -> None:
 
 
 def test_a_summary_failure_leaves_no_output(cli, stores, tmp_path, monkeypatch) -> None:
-    from ulmtools.cli import sparsify as sparsify_cmd
+    from ulmtools import api
 
     def broken(result):
         raise RuntimeError("summary broke")
 
-    monkeypatch.setattr(sparsify_cmd, "_text", broken)
+    monkeypatch.setattr(api, "_sparsify_text", broken)
     out = tmp_path / "s.zarr"
     r = cli("sparsify", stores["img"], out)
     assert r.code == 1 and "summary broke" in r.err

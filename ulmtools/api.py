@@ -118,7 +118,17 @@ def beamform(
     check_output(output, force=force, inputs=[input])
     return_large_buffers_to_os()  # memory stays flat however many movies stream through
     stage = BeamformStage(work, log=log)
-    summary = run_stage(stage, output, force=force, executor=executor, progress=progress)
+    return run_stage(
+        stage,
+        output,
+        force=force,
+        executor=executor,
+        progress=progress,
+        summarize=lambda summary: Summary(*_beamform_text(work, output, input, summary)),
+    )
+
+
+def _beamform_text(work: Any, output: PathLike, input: PathLike, summary: dict[str, Any]):
     result = {"output": str(output), "input": str(input), "mode": work.mode, **summary}
     das = summary.get("das", {})
     text = (
@@ -138,7 +148,132 @@ def beamform(
         )
         + (", truth copied" if summary["truth"] else "")
     )
-    return Summary(result, text)
+    return result, text
+
+
+def sparsify(
+    input: PathLike,
+    output: PathLike,
+    *,
+    method: str = "threshold",
+    threshold: float | None = None,
+    k: int | None = None,
+    mask_model: PathLike | None = None,
+    device: str = "auto",
+    workers: int = 1,
+    dask: bool = False,
+    dask_scheduler: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """``ulm sparsify``: the active sites of every correlation movie, as a sparse store.
+
+    ``workers``: movies sparsified at once in worker processes (0: every core, 1: in
+    this process); with ``dask``, the number of Dask workers.
+    """
+    from pathlib import Path
+
+    from ulmtools.errors import UsageError
+    from ulmtools.runner import run_stage
+    from ulmtools.sparsify.core import METHODS, SparsifyConfig, SparsifyStage, check_image_store
+    from ulmtools.store import check_output, open_store
+
+    method = str(method).lower()
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}", f"use one of {', '.join(METHODS)}")
+    executor = _executor(workers, "process", dask, dask_scheduler)
+    config = SparsifyConfig(method=method, threshold=threshold, k=k)
+    if method == "mask" and mask_model is None:
+        raise UsageError("--method mask needs a mask model (--mask-model MODEL.zarr)", MASK_HINT)
+    if method != "mask" and mask_model is not None:
+        raise UsageError(f"--mask-model applies only to --method mask, not {method}")
+    src = open_store(input, "image")
+    grid, shape = check_image_store(src)
+    config = config.resolved(grid.ndim)
+    inputs = [input] + ([mask_model] if mask_model is not None else [])
+    check_output(output, force=force, inputs=inputs)
+
+    predictor = None
+    model_ref = None
+    torch_device = None
+    if method == "mask":
+        from ulmtools.device import resolve_device
+        from ulmtools.models.mask_cnn import predictor_from_model
+        from ulmtools.models.store import load
+
+        torch_device = resolve_device(device)
+        model, meta = load(mask_model, device=torch_device)  # type: ignore[arg-type]
+        predictor = predictor_from_model(model, grid.ndim, torch_device)
+        model_ref = meta.describe() | {"kwargs": meta.kwargs}
+
+    stage = SparsifyStage(
+        src,
+        config,
+        predictor=predictor,
+        mask_model=str(Path(mask_model).resolve()) if mask_model is not None else None,
+        device=str(torch_device) if torch_device is not None else "cpu",
+    )
+    stage.input_paths = inputs
+    stage.parameters = {
+        "method": config.method,
+        "threshold": config.threshold,
+        "k": config.k,
+        "mask_model": model_ref,
+        "device": str(torch_device) if torch_device is not None else None,
+        "rows_per_chunk": config.rows_per_chunk,
+        "power": "real**2 + imag**2 of corr, strictly greater than the threshold",
+        "truth_rule": "nearest input pixel (rint of grid.to_index) of each truth position "
+        "in its frame",
+    }
+    stage.attrs = {
+        "shape": list(shape[1:]),
+        "movies": shape[0],
+        "columns": ["t", *grid.axes],
+        "features": ["real", "imag"],
+        "source": src.describe(),
+    }
+    stage.truth = src if src.has_truth else None
+
+    def summarize(summary: dict[str, Any]) -> Summary:
+        seconds = round(summary.pop("_seconds"), 3)
+        summary.pop("truth", None)
+        result = {"output": str(output), **summary, "seconds": seconds}
+        return Summary(result, _sparsify_text(result))
+
+    return run_stage(
+        stage, output, force=force, executor=executor, progress=progress, summarize=summarize
+    )
+
+
+MASK_HINT = (
+    "make one with 'ulm train IMAGE.zarr MASK.zarr --arch mask-cnn', "
+    "then give --mask-model MASK.zarr"
+)
+
+
+def _sparsify_text(r: dict[str, Any]) -> str:
+    if r["method"] == "topk":
+        rule = f"top {r['k']} per movie"
+    elif r["method"] == "mask":
+        rule = f"mask model, probability cutoff {r['threshold']:g}"
+    else:
+        rule = f"threshold {r['threshold']:g} on abs(corr)^2"
+    lines = [
+        f"{r['output']}: {r['movies']} movies, {rule}",
+        f"active sites per movie: mean {r['active_sites_mean']:.0f}, min {r['active_sites_min']}, "
+        f"max {r['active_sites_max']} of {r['sites_per_movie']} "
+        f"({100 * r['active_fraction']:.2f} %)",
+    ]
+    if r["empty_movies"]:
+        lines.append(f"empty movies: {r['empty_movies']}")
+    kept = r["kept_bubble_fraction"]
+    if kept is not None:
+        lines.append(f"true bubble pixels kept: {100 * kept:.2f} % of {r['truth_sites']}")
+    elif r["truth_sites"] is None:
+        lines.append("true bubble pixels kept: n/a (the input has no truth)")
+    else:
+        lines.append("true bubble pixels kept: n/a (no truth bubble inside the grid)")
+    return "\n".join(lines)
 
 
 def train(

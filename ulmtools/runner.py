@@ -107,8 +107,9 @@ class MovieStage(abc.ABC):
         """Create the output arrays (before any task runs)."""
 
     @abc.abstractmethod
-    def task(self, root_path: str) -> Callable[[Sequence[int]], list[Any]]:
-        """The picklable callable that processes one unit into the store at ``root_path``."""
+    def task(self, root_path: str | None) -> Callable[[Sequence[int]], list[Any]]:
+        """The picklable callable that processes one unit into the store at ``root_path``
+        (None: a store in memory, for the serial executor only)."""
 
     def collect(self, movie: int, result: Any) -> str:
         """Take one movie's result (movie order); return a short progress message."""
@@ -123,11 +124,11 @@ class MovieStage(abc.ABC):
         return summary
 
 
-def root_path(root: zarr.Group) -> str:
-    """The absolute directory of an open local store (what tasks reopen)."""
+def root_path(root: zarr.Group) -> str | None:
+    """The absolute directory of an open local store (what tasks reopen), or None."""
     base = getattr(root.store, "root", None)
     if base is None:
-        raise UsageError("the output must be a store on a (local or shared) file system")
+        return None
     path = Path(str(base)).resolve()
     return str(path / root.path) if root.path else str(path)
 
@@ -139,12 +140,15 @@ def run_stage(
     force: bool = False,
     executor: Executor | None = None,
     progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
+    summarize: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:
     """Run ``stage`` into the new store ``output``; return the stage's summary.
 
     The output is refused before any work when it exists (unless ``force``) or
     would overwrite an input; it is renamed into place only when every task
     succeeded, and a failing or interrupted task leaves no output behind.
+    ``summarize`` turns the summary into what is returned (the CLI's result and
+    text); it runs before the rename, so a failure there leaves no output either.
     """
     report = progress or no_progress
     executor = executor or SerialExecutor()
@@ -170,6 +174,8 @@ def run_stage(
         summary["_seconds"] = time.perf_counter() - start
         # made before the rename: a failure here leaves no finished output behind an error
         result = stage.result(summary, root)
+        if summarize is not None:
+            result = summarize(result)
     return result
 
 
@@ -189,7 +195,10 @@ def fill(
     executor = executor or SerialExecutor()
     n_movies = sum(len(u) for u in stage.units)
     stage.create(root)
-    task = stage.task(root_path(root))
+    path = root_path(root)
+    if path is None and not isinstance(executor, SerialExecutor):
+        raise UsageError("parallel executors need an output store on a file system")
+    task = stage.task(path)
     report(0, n_movies, "")
     done = 0
     with executor.session():

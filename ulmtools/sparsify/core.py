@@ -38,6 +38,7 @@ import numpy as np
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.runner import MovieStage
 from ulmtools.sparsify.io import ROWS_PER_CHUNK, SparseWriter
 from ulmtools.store import Store, check_finite, create_array
 from ulmtools.truth import Truth
@@ -271,64 +272,173 @@ def sparsify_store(
     resolved (see :meth:`SparsifyConfig.resolved`); ``--method mask`` needs
     ``predictor``.
     """
-    grid, shape = check_image_store(store)
-    if config.method == "mask" and predictor is None:
-        raise UsageError("--method mask needs a mask model", "give --mask-model MODEL.zarr")
-    if config.method != "topk" and config.threshold is None:
-        raise ValueError("sparsify_store needs a resolved config (threshold filled in)")
-    corr = store.array("corr")
-    movie_ids = list(range(shape[0])) if movies is None else [int(m) for m in movies]
-    truth = Truth(store) if store.has_truth else None
-    if truth is not None and truth.n_movies != shape[0]:
-        raise InputError(f"{store.path}: truth has {truth.n_movies} movies but corr has {shape[0]}")
-    dense_shape = shape[1:]
-    truth_rows = _TruthRows(truth) if truth is not None else None
-    writer = SparseWriter(out, grid.axes, rows_per_chunk=config.rows_per_chunk)
-    stats = SparsifyStats(
-        method=config.method,
-        threshold=config.threshold,
-        k=config.k,
-        movies=len(movie_ids),
-        sites_per_movie=int(np.prod(dense_shape)),
-        truth_sites=[] if truth is not None else None,
-        truth_sites_kept=[] if truth is not None else None,
-    )
-    progress(0, len(movie_ids), "")
-    for i, m in enumerate(movie_ids):
-        movie = np.asarray(corr[m])
-        check_finite(movie, f"{store.path}/corr", movie=m)
-        mask = select(movie, config, predictor)
-        coords, feats = movie_to_sites(movie, mask)
-        writer.write_movie(coords, feats)
+    from ulmtools.runner import fill
+
+    stage = SparsifyStage(store, config, predictor=predictor, movies=movies)
+    fill(stage, out, progress=progress)
+    return stage.stats
+
+
+class SparsifyStage(MovieStage):
+    """``ulm sparsify`` for the runner: tasks read and select; sites are written in order.
+
+    ``mask_model``/``device`` let a worker process load the Mask CNN itself (the
+    in-process ``predictor`` is not sent to workers).
+    """
+
+    name = "sparsify"
+    kind = "sparse"
+
+    def __init__(
+        self,
+        store: Store,
+        config: SparsifyConfig,
+        *,
+        predictor: MaskPredictor | None = None,
+        movies: Sequence[int] | None = None,
+        mask_model: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        grid, shape = check_image_store(store)
+        if config.method == "mask" and predictor is None and mask_model is None:
+            raise UsageError("--method mask needs a mask model", "give --mask-model MODEL.zarr")
+        if config.method != "topk" and config.threshold is None:
+            raise ValueError("sparsify_store needs a resolved config (threshold filled in)")
+        truth = Truth(store) if store.has_truth else None
+        if truth is not None and truth.n_movies != shape[0]:
+            raise InputError(
+                f"{store.path}: truth has {truth.n_movies} movies but corr has {shape[0]}"
+            )
+        movie_ids = list(range(shape[0])) if movies is None else [int(m) for m in movies]
+        self.store = store
+        self.config = config
+        self.grid = grid
+        self.shape = shape
+        self.inputs = [store]
+        self.input_paths = [store.path]
+        self.axes = ("movie", "t", *grid.axes)
+        self.units = [[m] for m in movie_ids]
+        self.has_truth = truth is not None
+        self.predictor = predictor
+        self.mask_model = mask_model
+        self.device = device
+        self.parameters = {}
+        self.attrs = {}
+        self.stats = SparsifyStats(
+            method=config.method,
+            threshold=config.threshold,
+            k=config.k,
+            movies=len(movie_ids),
+            sites_per_movie=int(np.prod(shape[1:])),
+            truth_sites=[] if truth is not None else None,
+            truth_sites_kept=[] if truth is not None else None,
+        )
+
+    def create(self, root: Any) -> None:
+        self.writer = SparseWriter(root, self.grid.axes, rows_per_chunk=self.config.rows_per_chunk)
+
+    def task(self, root_path: str | None) -> SparsifyTask:
+        t = SparsifyTask(
+            str(self.store.path), self.config, self.has_truth, self.mask_model, self.device
+        )
+        t._store, t._predictor = self.store, self.predictor  # in-process: reuse them
+        return t
+
+    def collect(self, movie: int, result: tuple[Any, ...]) -> str:
+        coords, feats, n_truth, kept = result
+        self.writer.write_movie(coords, feats)
+        stats = self.stats
         stats.active_sites.append(len(coords))
         if not len(coords) and stats.empty_movies <= MAX_EMPTY_WARNINGS:
-            log.warning("movie %d has no active site (%s); its entry is empty", m, _rule(config))
-        if truth is not None:
-            positions, frames = truth_rows(m)
-            sites = truth_sites(positions, frames, grid, dense_shape[0])
-            stats.truth_sites.append(len(sites))  # type: ignore[union-attr]
-            stats.truth_sites_kept.append(int(mask.ravel()[sites].sum()))  # type: ignore[union-attr]
-        progress(i + 1, len(movie_ids), f"{len(coords)} sites")
-    writer.close()
-    if stats.empty_movies > MAX_EMPTY_WARNINGS:
-        log.warning("%d of %d movies have no active site", stats.empty_movies, stats.movies)
-    if truth is not None:
-        for name, values in (
-            ("truth_sites", stats.truth_sites),
-            ("truth_sites_kept", stats.truth_sites_kept),
-        ):
-            arr = np.asarray(values, dtype=np.int64)
-            a = create_array(
-                out,
-                name,
-                shape=arr.shape,
-                dtype="int64",
-                dims=("movie",),
-                chunks=(max(len(arr), 1),),
+            log.warning(
+                "movie %d has no active site (%s); its entry is empty", movie, _rule(self.config)
             )
-            if arr.size:
-                a[:] = arr
-    return stats
+        if stats.truth_sites is not None and stats.truth_sites_kept is not None:
+            stats.truth_sites.append(n_truth)
+            stats.truth_sites_kept.append(kept)
+        return f"{len(coords)} sites"
+
+    def finish(self, root: Any) -> dict[str, Any]:
+        self.writer.close()
+        stats = self.stats
+        if stats.empty_movies > MAX_EMPTY_WARNINGS:
+            log.warning("%d of %d movies have no active site", stats.empty_movies, stats.movies)
+        if stats.truth_sites is not None and stats.truth_sites_kept is not None:
+            for name, values in (
+                ("truth_sites", stats.truth_sites),
+                ("truth_sites_kept", stats.truth_sites_kept),
+            ):
+                arr = np.asarray(values, dtype=np.int64)
+                a = create_array(
+                    root,
+                    name,
+                    shape=arr.shape,
+                    dtype="int64",
+                    dims=("movie",),
+                    chunks=(max(len(arr), 1),),
+                )
+                if arr.size:
+                    a[:] = arr
+        return stats.summary()
+
+    def result(self, summary: dict[str, Any], root: Any) -> dict[str, Any]:
+        root.attrs["stats"] = {
+            k: v for k, v in summary.items() if not k.startswith("_") and k != "truth"
+        }
+        return summary
+
+
+@dataclass
+class SparsifyTask:
+    """Selects the sites of whole movies (picklable; reopens the input by path)."""
+
+    source: str
+    config: SparsifyConfig
+    has_truth: bool
+    mask_model: str | None
+    device: str
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def _open(self) -> tuple[Store, MaskPredictor | None, _TruthRows | None]:
+        store = self.__dict__.get("_store")
+        if store is None:
+            from ulmtools.store import open_store
+
+            store = self.__dict__["_store"] = open_store(self.source, "image")
+        predictor = self.__dict__.get("_predictor")
+        if predictor is None and self.config.method == "mask":
+            from ulmtools.device import resolve_device
+            from ulmtools.models.mask_cnn import predictor_from_model
+            from ulmtools.models.store import load
+
+            device = resolve_device(self.device)
+            model, _ = load(self.mask_model, device=device)  # type: ignore[arg-type]
+            predictor = predictor_from_model(model, store.grid.ndim, device)
+            self.__dict__["_predictor"] = predictor
+        rows = self.__dict__.get("_rows")
+        if rows is None and self.has_truth:
+            rows = self.__dict__["_rows"] = _TruthRows(Truth(store))
+        return store, predictor, rows
+
+    def __call__(self, unit: Sequence[int]) -> list[tuple[Any, ...]]:
+        store, predictor, truth_rows = self._open()
+        corr = store.array("corr")
+        grid = store.grid
+        out = []
+        for m in unit:
+            movie = np.asarray(corr[m])
+            check_finite(movie, f"{store.path}/corr", movie=m)
+            mask = select(movie, self.config, predictor)
+            coords, feats = movie_to_sites(movie, mask)
+            n_truth = kept = 0
+            if truth_rows is not None:
+                positions, frames = truth_rows(m)
+                sites = truth_sites(positions, frames, grid, movie.shape[0])
+                n_truth, kept = len(sites), int(mask.ravel()[sites].sum())
+            out.append((coords, feats, n_truth, kept))
+        return out
 
 
 class _TruthRows:
