@@ -62,6 +62,97 @@ def _executor(workers: int, local: str | None, dask: bool, dask_scheduler: str |
     return make_executor(workers, local=local, dask=dask, dask_scheduler=dask_scheduler)
 
 
+def simulate(
+    output: PathLike,
+    *,
+    dim: int = 2,
+    movies: int = 1,
+    frames: int | None = None,
+    concentration: float | None = None,
+    vessels: str = "tree",
+    network_seed: int | None = None,
+    engine: str = "fast",
+    level: str = "channel",
+    snr: float | None = None,
+    clutter: float | None = None,
+    preset: str | None = None,
+    sampling_frequency: float | None = None,
+    seed: int | None = None,
+    workers: int = 1,
+    dask: bool = False,
+    dask_scheduler: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    log: Log = None,
+) -> Summary:
+    """``ulm simulate``: vessels, bubble flow, channel (or image) IQ and ground truth.
+
+    ``workers``: movies simulated at once in worker processes (0: every core, 1: in this
+    process); with ``dask``, the number of Dask workers.
+    """
+    from ulmtools.limits import check_disk
+    from ulmtools.runner import run_stage
+    from ulmtools.simulate.run import SimulateStage, SimulationConfig, output_bytes, plan, validate
+    from ulmtools.store import check_output
+
+    config = SimulationConfig(
+        dim=dim,
+        preset=preset,
+        movies=movies,
+        frames=frames,
+        concentration=(5.0 if dim == 2 else 30.0) if concentration is None else concentration,
+        vessels=vessels,
+        network_seed=network_seed,
+        engine=engine.lower(),
+        level=level.lower(),
+        snr=snr,
+        clutter=clutter,
+        seed=seed,
+        sampling_frequency=sampling_frequency,
+        workers=workers,
+    )
+    config = validate(config)  # refuse bad values before touching the output
+    executor = _executor(config.workers, "process", dask, dask_scheduler)
+    # a network file is an input: never write over it or into its directory
+    inputs = [vessels] if vessels not in ("tree", "random") else []
+    check_output(output, force=force, inputs=inputs)
+    work = plan(config)
+    check_disk(
+        output_bytes(work),
+        output,
+        f"{work.config.movies} movie(s) of {work.n_frames} frames",
+        "simulate fewer --movies or --frames, or write to a larger disk",
+    )
+    params = work.parameters
+    acq = work.acquisition
+    if params["network_edges"]:
+        lo_r, hi_r = (r * 1e6 for r in params["network_radius_range_m"])
+        vessel_text = f"{params['network_edges']} pieces, radii {lo_r:.1f}-{hi_r:.1f} um"
+    else:
+        vessel_text = "random trajectories"
+    if log is not None:
+        log(
+            f"{params['dim']}D {acq.probe}, {acq.n_transmits} transmits, {acq.n_samples} "
+            f"samples from {acq.t0 * 1e6:.2f} us at {acq.sampling_frequency / 1e6:.3f} MHz; "
+            f"vessels: {vessel_text}"
+        )
+    stage = SimulateStage(work, inputs)
+
+    def summarize(summary: dict[str, Any]) -> Summary:
+        result = {"output": str(output), "kind": stage.kind, "seed": params["seed"], **summary}
+        text = (
+            f"{output}: {summary['movies']} movie(s) x {summary['frames']} frames, "
+            f"{stage.kind} store ({work.config.engine}), {params['dim']}D, "
+            f"mean {summary['mean_bubbles_in_fov']} bubbles in the field of view "
+            f"(asked {params['concentration']}), {summary['seconds']} s, seed {params['seed']}"
+        )
+        return Summary(result, text)
+
+    return run_stage(
+        stage, output, force=force, executor=executor, progress=progress, summarize=summarize
+    )
+
+
 def beamform(
     input: PathLike,
     output: PathLike,

@@ -9,6 +9,8 @@ import typer
 from ulmtools.cli.context import emit, log, progress, setup
 from ulmtools.cli.options import (
     SEED_MAX,
+    Dask,
+    DaskScheduler,
     Force,
     Json,
     OutputStore,
@@ -17,7 +19,6 @@ from ulmtools.cli.options import (
     Verbose,
     Workers,
 )
-from ulmtools.store import check_output, create_store, lineage, provenance_entry
 
 
 def simulate(
@@ -114,6 +115,8 @@ def simulate(
     ] = None,
     seed: Seed = None,
     workers: Workers = 1,
+    dask: Dask = False,
+    dask_scheduler: DaskScheduler = None,
     force: Force = False,
     json: Json = False,
     verbose: Verbose = False,
@@ -131,75 +134,29 @@ def simulate(
     5 tilts, 750 Hz, 32^3 grid at lambda/2; 512 frames per movie.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.limits import check_disk
-    from ulmtools.simulate.run import SimulationConfig, output_bytes, plan, run, validate
+    from ulmtools import api
 
-    config = SimulationConfig(
-        dim=dim,
-        preset=preset_name,
-        movies=movies,
-        frames=frames,
-        concentration=(5.0 if dim == 2 else 30.0) if concentration is None else concentration,
-        vessels=vessels,
-        network_seed=network_seed,
-        engine=engine.lower(),
-        level=level.lower(),
-        snr=snr,
-        clutter=clutter,
-        seed=seed,
-        sampling_frequency=sampling_frequency,
-        workers=workers,
-    )
-    config = validate(config)  # refuse bad values before touching the output
-    # a network file is an input: never write over it or into its directory
-    inputs = [vessels] if vessels not in ("tree", "random") else []
-    check_output(output, force=force, inputs=inputs)
-    work = plan(config)
-    check_disk(
-        output_bytes(work),
-        output,
-        f"{work.config.movies} movie(s) of {work.n_frames} frames",
-        "simulate fewer --movies or --frames, or write to a larger disk",
-    )
-    params = work.parameters
-    acq = work.acquisition
-    if params["network_edges"]:
-        lo_r, hi_r = (r * 1e6 for r in params["network_radius_range_m"])
-        vessel_text = f"{params['network_edges']} pieces, radii {lo_r:.1f}-{hi_r:.1f} um"
-    else:
-        vessel_text = "random trajectories"
-    log.info(
-        f"{params['dim']}D {acq.probe}, {acq.n_transmits} transmits, {acq.n_samples} samples "
-        f"from {acq.t0 * 1e6:.2f} us at {acq.sampling_frequency / 1e6:.3f} MHz; "
-        f"vessels: {vessel_text}"
-    )
-    entry = provenance_entry("simulate", params, [])
-    if work.config.level == "channel":
-        kind = "channel"
-        axes = ("movie", "frame", "transmit", "sample", "element")
-    else:
-        kind = "image"
-        axes = ("movie", "t", *work.grid.axes)
-    attrs = {"acquisition": work.acquisition.to_attrs(), "simulation": params}
-    with create_store(
-        output,
-        kind,
-        provenance=lineage([], entry),
-        grid=work.grid,
-        axes=axes,
-        attrs=attrs,
-        force=force,
-        inputs=inputs,
-    ) as root:
-        with progress("simulate") as report:
-            summary = run(work, root, progress=report, log=log.info)
-        root.attrs["simulation"] = {**params, "result": summary}
-        # made before the rename: a failure here leaves no finished output behind an error
-        result = {"output": str(output), "kind": kind, "seed": params["seed"], **summary}
-        text = (
-            f"{output}: {summary['movies']} movie(s) x {summary['frames']} frames, "
-            f"{kind} store ({work.config.engine}), {params['dim']}D, "
-            f"mean {summary['mean_bubbles_in_fov']} bubbles in the field of view "
-            f"(asked {params['concentration']}), {summary['seconds']} s, seed {params['seed']}"
+    with progress("simulate") as report:
+        result = api.simulate(
+            output,
+            dim=dim,
+            movies=movies,
+            frames=frames,
+            concentration=concentration,
+            vessels=vessels,
+            network_seed=network_seed,
+            engine=engine,
+            level=level,
+            snr=snr,
+            clutter=clutter,
+            preset=preset_name,
+            sampling_frequency=sampling_frequency,
+            seed=seed,
+            workers=workers,
+            dask=dask,
+            dask_scheduler=dask_scheduler,
+            force=force,
+            progress=report,
+            log=log.info,
         )
-    emit(result, as_json=json, text=text)
+    emit(result, as_json=json, text=result.text)

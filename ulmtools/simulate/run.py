@@ -11,18 +11,11 @@ returned to the parent, which writes ``truth/`` in movie order.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import multiprocessing
 import os
 import secrets
-import signal
-import sys
-import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +27,7 @@ from ulmtools.errors import UsageError
 from ulmtools.grid import Grid, axes_metadata
 from ulmtools.limits import check_memory
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.runner import MovieStage
 from ulmtools.simulate import echoes
 from ulmtools.simulate import flow as flowmod
 from ulmtools.simulate import vessels as vesselmod
@@ -478,80 +472,86 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np
 # The whole store
 # ---------------------------------------------------------------------------
 
-_WORKER_PLAN: Plan | None = None
-_WORKER_WRITER: _Writer | None = None
+
+@dataclass
+class SimulateTask:
+    """Simulates whole movies into the store at ``root`` (picklable; one per worker)."""
+
+    plan: Plan
+    root: str | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __call__(self, unit: list[int]) -> list[MovieResult]:
+        writer = self.__dict__.get("_writer")
+        if writer is None:
+            writer = self.__dict__["_writer"] = _Writer(self.root)
+        return [simulate_movie(self.plan, m, writer) for m in unit]
 
 
-def _init_worker(p: Plan, root_path: str, parent: int | None = None) -> None:
-    global _WORKER_PLAN, _WORKER_WRITER
-    import numba
+class SimulateStage(MovieStage):
+    """``ulm simulate`` for the runner: tasks write each movie's IQ, truth rows come back."""
 
-    if parent is not None:
-        die_with_parent(parent)
+    name = "simulate"
 
-    numba.set_num_threads(1)
-    _WORKER_PLAN = p
-    _WORKER_WRITER = _Writer(root_path)
+    def __init__(self, p: Plan, inputs: list[str] | None = None) -> None:
+        cfg = p.config
+        self.plan = p
+        self.input_paths = list(inputs or [])
+        self.parameters = p.parameters
+        self.grid = p.grid
+        if cfg.level == "channel":
+            self.kind = "channel"
+            self.axes = ("movie", "frame", "transmit", "sample", "element")
+        else:
+            self.kind = "image"
+            self.axes = ("movie", "t", *p.grid.axes)
+        self.attrs = {"acquisition": p.acquisition.to_attrs(), "simulation": p.parameters}
+        self.units = [[m] for m in range(cfg.movies)]
+        self.counts: list[float] = []
+        self.per_movie: list[float] = []
+        self.rows = 0
 
+    def create(self, root: zarr.Group) -> None:
+        self._start = time.perf_counter()
+        self.arrays = create_arrays(self.plan, root)
+        self.truth_writer = TruthWriter(
+            root, self.plan.fine_grid, self.plan.config.movies, factor=TRUTH_FACTOR
+        )
 
-def die_with_parent(parent: int, interval: float = 0.5) -> None:
-    """End this worker process when ``parent`` (the ulm process) is gone.
+    def task(self, root_path: str | None) -> SimulateTask:
+        t = SimulateTask(self.plan, root_path)
+        t._writer = _Writer(None, self.arrays)  # in-process: the open arrays
+        return t
 
-    A worker's own parent is multiprocessing's forkserver, not ulm: on Linux the
-    kernel kills the worker when that process dies (PR_SET_PDEATHSIG), and a
-    daemon thread checks every ``interval`` seconds that ``parent`` still runs, so
-    a ``kill -9`` of ulm does not leave workers simulating for minutes.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    def collect(self, movie: int, result: MovieResult) -> str:
+        self.truth_writer.write_movie(result.movie, result.truth)
+        self.counts.append(result.mean_count)
+        self.rows += result.n_rows
+        self.per_movie.append(result.seconds)
+        return f"movie {len(self.counts)}/{self.plan.config.movies}"
 
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:
-                pass
+    def finish(self, root: zarr.Group) -> dict[str, Any]:
+        self.truth_writer.close()
+        p, cfg = self.plan, self.plan.config
+        counts, per_movie = self.counts, self.per_movie
+        return {
+            "movies": cfg.movies,
+            "frames": p.n_frames,
+            "level": cfg.level,
+            "engine": cfg.engine,
+            "mean_bubbles_in_fov": round(float(np.mean(counts)), 3) if counts else 0.0,
+            "truth_rows": self.rows,
+            "seconds": round(time.perf_counter() - self._start, 3),
+            "seconds_per_movie": round(float(np.mean(per_movie)), 3) if per_movie else 0.0,
+            "shape": list(p.channel_shape if cfg.level == "channel" else p.image_shape),
+        }
 
-    threading.Thread(target=watch, name="ulm-parent-watch", daemon=True).start()
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers now (on an error or an interruption): no write after this returns."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
-    pool.shutdown(wait=True)  # the manager thread notices the dead workers and closes queues
-
-
-def _worker_movie(m: int) -> MovieResult:
-    assert _WORKER_PLAN is not None and _WORKER_WRITER is not None
-    return simulate_movie(_WORKER_PLAN, m, _WORKER_WRITER)
-
-
-def _root_path(root: zarr.Group) -> str | None:
-    store = root.store
-    path = getattr(store, "root", None)
-    if path is None:
-        return None
-    base = Path(str(path))
-    return str(base / root.path) if root.path else str(base)
+    def result(self, summary: dict[str, Any], root: zarr.Group) -> dict[str, Any]:
+        summary.pop("_seconds", None)
+        root.attrs["simulation"] = {**self.plan.parameters, "result": summary}
+        return summary
 
 
 def create_arrays(p: Plan, root: zarr.Group) -> dict[str, zarr.Array]:
@@ -614,76 +614,14 @@ def run(
     progress: ProgressCallback = no_progress,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Simulate every movie of ``p`` into the open store ``root``."""
+    """Simulate every movie of ``p`` into the open store ``root``.
+
+    ``p.config.workers`` above 1 simulates movies in that many worker processes.
+    """
+    from ulmtools.runner import fill, make_executor
+
     cfg = p.config
-    start = time.perf_counter()
-    arrays = create_arrays(p, root)
-    truth = TruthWriter(root, p.fine_grid, cfg.movies, factor=TRUTH_FACTOR)
-    counts: list[float] = []
-    rows = 0
-    per_movie: list[float] = []
-    done = 0
-
-    def consume(res: MovieResult) -> None:
-        nonlocal rows, done
-        truth.write_movie(res.movie, res.truth)
-        counts.append(res.mean_count)
-        rows += res.n_rows
-        per_movie.append(res.seconds)
-        done += 1
-        progress(done, cfg.movies, f"movie {done}/{cfg.movies}")
-
-    progress(0, cfg.movies, "")
-    if cfg.workers <= 1 or cfg.movies == 1:
-        writer = _Writer(None, arrays)
-        for m in range(cfg.movies):
-            consume(simulate_movie(p, m, writer))
-    else:
-        root_path = _root_path(root)
-        if root_path is None:  # not on a local disk: stay in-process
-            writer = _Writer(None, arrays)
-            for m in range(cfg.movies):
-                consume(simulate_movie(p, m, writer))
-        else:
-            ctx = multiprocessing.get_context("forkserver")
-            pool = ProcessPoolExecutor(
-                max_workers=cfg.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(p, root_path, os.getpid()),
-            )
-            try:
-                pending: dict[int, Future[MovieResult]] = {}
-                finished: dict[int, MovieResult] = {}
-                nxt = 0
-                submitted = 0
-                while nxt < cfg.movies:
-                    # bounded: at most 2 x workers movies in flight or waiting
-                    while submitted < cfg.movies and len(pending) + len(finished) < 2 * cfg.workers:
-                        pending[submitted] = pool.submit(_worker_movie, submitted)
-                        submitted += 1
-                    fut = pending.pop(nxt, None)
-                    if fut is not None:
-                        finished[nxt] = fut.result()
-                    for k in [k for k, f in pending.items() if f.done()]:
-                        finished[k] = pending.pop(k).result()
-                    while nxt in finished:
-                        consume(finished.pop(nxt))
-                        nxt += 1
-            except BaseException:
-                _stop_workers(pool)
-                raise
-            pool.shutdown(wait=True)
-    truth.close()
-    elapsed = time.perf_counter() - start
-    return {
-        "movies": cfg.movies,
-        "frames": p.n_frames,
-        "level": cfg.level,
-        "engine": cfg.engine,
-        "mean_bubbles_in_fov": round(float(np.mean(counts)), 3) if counts else 0.0,
-        "truth_rows": rows,
-        "seconds": round(elapsed, 3),
-        "seconds_per_movie": round(float(np.mean(per_movie)), 3) if per_movie else 0.0,
-        "shape": list(p.channel_shape if cfg.level == "channel" else p.image_shape),
-    }
+    executor = make_executor(cfg.workers if cfg.movies > 1 else 1, local="process")
+    if getattr(root.store, "root", None) is None:  # not on a local disk: stay in-process
+        executor = make_executor(1)
+    return fill(SimulateStage(p), root, executor=executor, progress=progress)
