@@ -367,6 +367,121 @@ def _sparsify_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def track(
+    input: PathLike,
+    output: PathLike,
+    *,
+    signal: str | None = None,
+    detect: str = "peak:10",
+    localize: str = "gaussian",
+    window: str | Sequence[int] | None = None,
+    max_speed: float | None = None,
+    max_link_distance: float | None = None,
+    max_gap: int = 2,
+    min_track_length: int = 10,
+    smooth: int = 3,
+    render_factor: int = 8,
+    workers: int = 1,
+    dask: bool = False,
+    dask_scheduler: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """``ulm track``: conventional ULM (detect, localize, link, render) on an image store.
+
+    ``workers``: movies tracked at once in threads (0: every core); with ``dask``, the
+    number of Dask workers. ``window``: ``"3x7"`` or a sequence of odd sizes.
+    """
+    from ulmtools.runner import run_stage
+    from ulmtools.store import check_output, open_store
+    from ulmtools.track.core import TrackConfig, TrackStage, resolve
+
+    config = TrackConfig(
+        signal=signal,
+        detect=detect,
+        localize=localize,
+        max_speed=max_speed,
+        max_link_distance=max_link_distance,
+        max_gap=max_gap,
+        min_track_length=min_track_length,
+        smooth=smooth,
+        render_factor=render_factor,
+        window=_window(window),
+        workers=workers,
+    )
+    executor = _executor(workers, "thread", dask, dask_scheduler)
+    src = open_store(input, "image")
+    res = resolve(config, src)
+    check_output(output, force=force, inputs=[input])
+    wavelength = src.attrs.get("wavelength")  # ulm import records it without an acquisition
+    if "acquisition" in src.attrs:
+        from ulmtools.acquisition import Acquisition
+
+        wavelength = Acquisition.from_attrs(src.attrs["acquisition"]).wavelength
+    stage = TrackStage(src, config, res)
+    stage.parameters = {**config.to_dict(), "resolved": res.to_dict()}
+    fine = res.fine_grid
+    stage.attrs = {
+        "input_grid": res.grid.to_attrs(),
+        "factor": config.render_factor,
+        "movies": stage.n_movies,
+        "columns": list(fine.axes),
+        "source": src.describe() | {"array": res.signal},
+        "track": stage.parameters,
+    }
+    if wavelength is not None:
+        stage.attrs["wavelength"] = wavelength
+    stage.truth = src
+
+    def summarize(summary: dict[str, Any]) -> Summary:
+        seconds = round(summary.pop("_seconds"), 3)
+        summary.pop("truth", None)
+        result = {
+            "output": str(output),
+            **summary,
+            "detect": config.detect,
+            "localize": config.localize,
+            "signal": res.signal,
+            "max_link_distance": res.max_link_distance,
+            "window": list(res.window),
+        }
+        text = _track_text(result)
+        result["seconds"] = seconds
+        return Summary(result, text)
+
+    return run_stage(
+        stage, output, force=force, executor=executor, progress=progress, summarize=summarize
+    )
+
+
+def _window(spec: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    from ulmtools.errors import UsageError
+
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        return tuple(int(n) for n in spec)
+    try:
+        return tuple(int(p) for p in spec.lower().split("x"))
+    except ValueError:
+        raise UsageError(
+            f"--window {spec!r} is not understood", "give sizes like 3x7 or 3x3x3"
+        ) from None
+
+
+def _track_text(r: dict[str, Any]) -> str:
+    return (
+        f"{r['output']}: {r['movies']} movies, {r['localizations']} localizations "
+        f"({r['localizations_per_frame']:.2f} per frame; {r['detect']}, {r['localize']} on "
+        f"{r['signal']}), {r['tracks']} tracks of mean length {r['mean_track_length']:.1f}, "
+        f"{100 * r['tracked_fraction']:.1f} % of localizations tracked\n"
+        f"link up to {r['max_link_distance'] * 1e6:.1f} um per frame, window "
+        f"{'x'.join(str(w) for w in r['window'])}; "
+        f"{r['seconds_detect_localize_per_movie']:.3f} s detect+localize and "
+        f"{r['seconds_link_per_movie']:.3f} s link per movie"
+    )
+
+
 def train(
     train_store: PathLike,
     model_store: PathLike,

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
-from ulmtools.cli.options import Force, InputStore, Json, OutputStore, Quiet, Verbose
-from ulmtools.errors import UsageError
-
-
-def _window(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(
-            f"--window {text!r} is not understood", "give sizes like 3x7 or 3x3x3"
-        ) from None
-    return sizes
+from ulmtools.cli.options import (
+    Dask,
+    DaskScheduler,
+    Force,
+    InputStore,
+    Json,
+    OutputStore,
+    Quiet,
+    Verbose,
+)
 
 
 def track(
@@ -98,8 +93,14 @@ def track(
     ] = 8,
     workers: Annotated[
         int,
-        typer.Option("--workers", help="Movies tracked at once (threads); 0 uses every core."),
+        typer.Option(
+            "--workers",
+            help="Movies tracked at once (threads); 0 uses every core. With --dask: the "
+            "number of Dask workers.",
+        ),
     ] = 1,
+    dask: Dask = False,
+    dask_scheduler: DaskScheduler = None,
     force: Force = False,
     json: Json = False,
     verbose: Verbose = False,
@@ -117,86 +118,27 @@ def track(
     velocity maps, and the input's truth. Prints a summary.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.store import check_output, create_store, lineage, open_store, provenance_entry
-    from ulmtools.track.core import TrackConfig, resolve, track_store
-    from ulmtools.truth import copy_truth
+    from ulmtools import api
 
-    config = TrackConfig(
-        signal=signal,
-        detect=detect,
-        localize=localize,
-        max_speed=max_speed,
-        max_link_distance=max_link_distance,
-        max_gap=max_gap,
-        min_track_length=min_track_length,
-        smooth=smooth,
-        render_factor=render_factor,
-        window=_window(window),
-        workers=workers,
-    )
-    src = open_store(input, "image")
-    res = resolve(config, src)
-    check_output(output, force=force, inputs=[input])
-    wavelength = src.attrs.get("wavelength")  # ulm import records it without an acquisition
-    if "acquisition" in src.attrs:
-        from ulmtools.acquisition import Acquisition
-
-        wavelength = Acquisition.from_attrs(src.attrs["acquisition"]).wavelength
-    parameters = {**config.to_dict(), "resolved": res.to_dict()}
-    entry = provenance_entry("track", parameters, [src])
-    fine = res.fine_grid
-    n_movies = int(src.array(res.signal).shape[0])
-    attrs: dict[str, Any] = {
-        "input_grid": res.grid.to_attrs(),
-        "factor": config.render_factor,
-        "movies": n_movies,
-        "columns": list(fine.axes),
-        "source": src.describe() | {"array": res.signal},
-        "track": parameters,
-    }
-    if wavelength is not None:
-        attrs["wavelength"] = wavelength
-    start = time.perf_counter()
-    with (
-        create_store(
+    with progress("track") as report:
+        result = api.track(
+            input,
             output,
-            "tracks",
-            provenance=lineage([src], entry),
-            grid=fine,
-            axes=tuple(fine.axes),
-            attrs=attrs,
+            signal=signal,
+            detect=detect,
+            localize=localize,
+            window=window,
+            max_speed=max_speed,
+            max_link_distance=max_link_distance,
+            max_gap=max_gap,
+            min_track_length=min_track_length,
+            smooth=smooth,
+            render_factor=render_factor,
+            workers=workers,
+            dask=dask,
+            dask_scheduler=dask_scheduler,
             force=force,
-            inputs=[input],
-        ) as out,
-        progress("track") as report,
-    ):
-        stats = track_store(src, out, config, res, progress=report)
-        summary = stats.summary()
-        out.attrs["stats"] = summary
-        copy_truth(src, out)
-        result = {
-            "output": str(output),
-            **summary,
-            "detect": config.detect,
-            "localize": config.localize,
-            "signal": res.signal,
-            "max_link_distance": res.max_link_distance,
-            "window": list(res.window),
-        }
-        text = None if json else _text(result)
-    result["seconds"] = round(time.perf_counter() - start, 3)
+            progress=report,
+        )
     log.debug("track took %.2f s", result["seconds"])
-    emit(result, as_json=json, text=None if json else text)
-
-
-def _text(r: dict[str, Any]) -> str:
-    return (
-        f"{r['output']}: {r['movies']} movies, {r['localizations']} localizations "
-        f"({r['localizations_per_frame']:.2f} per frame; {r['detect']}, {r['localize']} on "
-        f"{r['signal']}), {r['tracks']} tracks of mean length {r['mean_track_length']:.1f}, "
-        f"{100 * r['tracked_fraction']:.1f} % of localizations tracked\n"
-        f"link up to {r['max_link_distance'] * 1e6:.1f} um per frame, window "
-        f"{'x'.join(str(w) for w in r['window'])}; "
-        f"{r['seconds_detect_localize_per_movie']:.3f} s detect+localize and "
-        f"{r['seconds_link_per_movie']:.3f} s link per movie"
-    )
+    emit(result, as_json=json, text=result.text)

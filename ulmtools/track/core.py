@@ -24,8 +24,6 @@ by movie into a ``tracks`` store:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +33,7 @@ import zarr
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 from ulmtools.progress import ProgressCallback, no_progress
+from ulmtools.runner import MovieStage
 from ulmtools.sites import RaggedWriter, SiteWriter
 from ulmtools.store import Store, create_array
 from ulmtools.track.detect import Detection, detect
@@ -243,6 +242,7 @@ class MovieTracks:
     floor: float
     seconds_detect: float
     seconds_link: float
+    n_frames: int = 0
 
     @property
     def n_tracks(self) -> int:
@@ -283,6 +283,7 @@ def track_movie(envelope: np.ndarray, config: TrackConfig, res: Resolved) -> Mov
         floor=floor,
         seconds_detect=t1 - t0,
         seconds_link=t2 - t1,
+        n_frames=int(env.shape[0]),
     )
 
 
@@ -358,12 +359,6 @@ class TrackStats:
         }
 
 
-def _envelopes(store: Store, signal: str, movies: range) -> Iterator[np.ndarray]:
-    arr = store.array(signal)
-    for m in movies:
-        yield np.abs(np.asarray(arr[m]))
-
-
 def track_store(
     store: Store,
     out: zarr.Group,
@@ -372,71 +367,117 @@ def track_store(
     *,
     progress: ProgressCallback = no_progress,
 ) -> TrackStats:
-    """Track every movie of an image store into the writable ``tracks`` group ``out``."""
-    arr = store.array(res.signal)
-    n_movies = int(arr.shape[0])
-    fine = res.fine_grid
-    locs = LocalizationWriter(out, res.grid)
-    maps_writer = SiteWriter(out, fine.axes, ("track",), unit="fine-grid pixel index")
-    maps = Maps.empty(fine)
-    stats = TrackStats(movies=n_movies)
-    workers = config.workers or None
-    progress(0, n_movies, "")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        envs = _envelopes(store, res.signal, range(n_movies))
-        window = max(1, pool._max_workers)
-        pending = []
-        done = 0
-        for env in envs:
-            pending.append((env.shape[0], pool.submit(track_movie, env, config, res)))
-            while len(pending) > window:
-                done = _write_one(pending.pop(0), locs, maps_writer, maps, stats, done)
-                progress(done, n_movies, f"{stats.tracks[-1]} tracks")
-        while pending:
-            done = _write_one(pending.pop(0), locs, maps_writer, maps, stats, done)
-            progress(done, n_movies, f"{stats.tracks[-1]} tracks")
-    locs.close()
-    maps_writer.close()
-    rows = max(1, min(fine.shape[0], (1 << 23) // int(np.prod(fine.shape[1:]))))
-    chunks = (rows, *fine.shape[1:])
-    for name, data, attrs in (
-        ("angiogram", maps.angiogram, {"meaning": "movies whose track map holds the pixel"}),
-        ("density", maps.density, {"meaning": "tracks crossing the pixel, all movies"}),
-        ("speed", maps.speed(), {"meaning": "mean speed", "unit": "metre/second"}),
-        (
-            "velocity_z",
-            maps.velocity_z(),
-            {
-                "meaning": "mean signed axial velocity, positive away from the probe",
-                "unit": "metre/second",
-            },
-        ),
-    ):
-        create_array(
-            out,
-            name,
-            shape=data.shape,
-            dtype=data.dtype,
-            dims=fine.axes,
-            chunks=chunks,
-            attrs=attrs,
-            fill_value=np.nan if data.dtype.kind == "f" else 0,
-        )[...] = data
-    return stats
+    """Track every movie of an image store into the writable ``tracks`` group ``out``.
+
+    ``config.workers`` movies are tracked at once in threads (0: every core).
+    """
+    from ulmtools.runner import fill, make_executor
+
+    stage = TrackStage(store, config, res)
+    fill(stage, out, executor=make_executor(config.workers, local="thread"), progress=progress)
+    return stage.stats
 
 
-def _write_one(item, locs, maps_writer, maps, stats, done) -> int:
-    n_frames, future = item
-    mt: MovieTracks = future.result()
-    locs.write_movie(mt)
-    pixels = maps.add_movie(mt.trajectories)
-    maps_writer.write_movie(pixels, np.ones(len(pixels), np.float32))
-    stats.localizations.append(len(mt.frames))
-    stats.tracked.append(int((mt.labels >= 0).sum()))
-    stats.tracks.append(mt.n_tracks)
-    stats.frames.append(int(n_frames))
-    stats.floors.append(mt.floor)
-    stats.seconds_detect.append(mt.seconds_detect)
-    stats.seconds_link.append(mt.seconds_link)
-    stats.map_pixels.append(len(pixels))
-    return done + 1
+@dataclass
+class TrackTask:
+    """Detects, localizes and links whole movies (picklable; reopens the input by path)."""
+
+    source: str
+    signal: str
+    config: TrackConfig
+    res: Resolved
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __call__(self, unit: list[int]) -> list[MovieTracks]:
+        arr = self.__dict__.get("_array")
+        if arr is None:
+            from ulmtools.store import open_store
+
+            arr = self.__dict__["_array"] = open_store(self.source, "image").array(self.signal)
+        return [track_movie(np.abs(np.asarray(arr[m])), self.config, self.res) for m in unit]
+
+
+class TrackStage(MovieStage):
+    """``ulm track`` for the runner: tasks track movies; tables and maps are written in order."""
+
+    name = "track"
+    kind = "tracks"
+
+    def __init__(self, store: Store, config: TrackConfig, res: Resolved) -> None:
+        self.store = store
+        self.config = config
+        self.res = res
+        self.inputs = [store]
+        self.input_paths = [store.path]
+        self.n_movies = int(store.array(res.signal).shape[0])
+        self.units = [[m] for m in range(self.n_movies)]
+        self.grid = res.fine_grid
+        self.axes = tuple(res.fine_grid.axes)
+        self.parameters = {}
+        self.attrs = {}
+        self.stats = TrackStats(movies=self.n_movies)
+
+    def create(self, root: zarr.Group) -> None:
+        fine = self.res.fine_grid
+        self.locs = LocalizationWriter(root, self.res.grid)
+        self.maps_writer = SiteWriter(root, fine.axes, ("track",), unit="fine-grid pixel index")
+        self.maps = Maps.empty(fine)
+
+    def task(self, root_path: str | None) -> TrackTask:
+        t = TrackTask(str(self.store.path), self.res.signal, self.config, self.res)
+        t._array = self.store.array(self.res.signal)  # in-process: the open array
+        return t
+
+    def collect(self, movie: int, mt: MovieTracks) -> str:
+        self.locs.write_movie(mt)
+        pixels = self.maps.add_movie(mt.trajectories)
+        self.maps_writer.write_movie(pixels, np.ones(len(pixels), np.float32))
+        stats = self.stats
+        stats.localizations.append(len(mt.frames))
+        stats.tracked.append(int((mt.labels >= 0).sum()))
+        stats.tracks.append(mt.n_tracks)
+        stats.frames.append(int(mt.n_frames))
+        stats.floors.append(mt.floor)
+        stats.seconds_detect.append(mt.seconds_detect)
+        stats.seconds_link.append(mt.seconds_link)
+        stats.map_pixels.append(len(pixels))
+        return f"{mt.n_tracks} tracks"
+
+    def finish(self, out: zarr.Group) -> dict[str, Any]:
+        self.locs.close()
+        self.maps_writer.close()
+        fine, maps = self.res.fine_grid, self.maps
+        rows = max(1, min(fine.shape[0], (1 << 23) // int(np.prod(fine.shape[1:]))))
+        chunks = (rows, *fine.shape[1:])
+        for name, data, attrs in (
+            ("angiogram", maps.angiogram, {"meaning": "movies whose track map holds the pixel"}),
+            ("density", maps.density, {"meaning": "tracks crossing the pixel, all movies"}),
+            ("speed", maps.speed(), {"meaning": "mean speed", "unit": "metre/second"}),
+            (
+                "velocity_z",
+                maps.velocity_z(),
+                {
+                    "meaning": "mean signed axial velocity, positive away from the probe",
+                    "unit": "metre/second",
+                },
+            ),
+        ):
+            create_array(
+                out,
+                name,
+                shape=data.shape,
+                dtype=data.dtype,
+                dims=fine.axes,
+                chunks=chunks,
+                attrs=attrs,
+                fill_value=np.nan if data.dtype.kind == "f" else 0,
+            )[...] = data
+        return self.stats.summary()
+
+    def result(self, summary: dict[str, Any], root: zarr.Group) -> dict[str, Any]:
+        root.attrs["stats"] = {
+            k: v for k, v in summary.items() if not k.startswith("_") and k != "truth"
+        }
+        return summary
