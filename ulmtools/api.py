@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ulmtools.progress import ProgressCallback
@@ -262,8 +263,6 @@ def sparsify(
     ``workers``: movies sparsified at once in worker processes (0: every core, 1: in
     this process); with ``dask``, the number of Dask workers.
     """
-    from pathlib import Path
-
     from ulmtools.errors import UsageError
     from ulmtools.runner import run_stage
     from ulmtools.sparsify.core import METHODS, SparsifyConfig, SparsifyStage, check_image_store
@@ -365,6 +364,275 @@ def _sparsify_text(r: dict[str, Any]) -> str:
     else:
         lines.append("true bubble pixels kept: n/a (no truth bubble inside the grid)")
     return "\n".join(lines)
+
+
+def infer(
+    model: str | PathLike,
+    input: PathLike,
+    output: PathLike,
+    *,
+    threshold: float = 0.5,
+    min_probability: float = 0.01,
+    batch_size: int = 1,
+    input_threshold: str = "auto",
+    input_mask: PathLike | None = None,
+    backend: str = "builtin",
+    device: str = "auto",
+    workers: int = 1,
+    dask: bool = False,
+    dask_scheduler: str | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    log: Log = None,
+) -> Summary:
+    """``ulm infer``: per-movie maps and the angiogram from a model store or ``shipped:2d|3d``.
+
+    The model's architecture decides the input: the sparse network reads a sparse store,
+    deepstulm and mspcn an image store. ``workers``: batches predicted at once in worker
+    processes (0: every core, 1: in this process), each loading the model once; with
+    ``dask``, the number of Dask workers.
+    """
+    from ulmtools.errors import UsageError
+    from ulmtools.infer.stage import model_input_kind
+
+    executor = _executor(workers, "process", dask, dask_scheduler)
+    mask = Path(input_mask) if input_mask is not None else None
+    args = (str(model), Path(input), Path(output))
+    kw: dict[str, Any] = dict(
+        threshold=threshold,
+        min_probability=min_probability,
+        batch_size=batch_size,
+        input_threshold=input_threshold,
+        device=device,
+        force=force,
+        executor=executor,
+        progress=progress,
+        log=log,
+    )
+    if model_input_kind(str(model), input) == "image":
+        return _infer_dense(*args, input_mask=mask, **kw)
+    if input_mask is not None:
+        raise UsageError(
+            "--input-mask applies to the dense models (deepstulm, mspcn)",
+            "the sparse model reads the sites of its sparse input store",
+        )
+    return _infer_sparse(*args, backend=backend, **kw)
+
+
+def _infer_sparse(
+    model: str,
+    input: Path,
+    output: Path,
+    *,
+    threshold: float,
+    min_probability: float,
+    batch_size: int,
+    input_threshold: str,
+    backend: str,
+    device: str,
+    force: bool,
+    executor: Executor,
+    progress: ProgressCallback | None,
+    log: Log,
+) -> Summary:
+    from ulmtools import sparse as sp
+    from ulmtools.device import resolve_device
+    from ulmtools.infer.core import InferConfig, training_threshold
+    from ulmtools.infer.core import input_threshold as pick_input_threshold
+    from ulmtools.infer.stage import InferStage, InferTask
+    from ulmtools.infer.weights import load_model
+    from ulmtools.runner import run_stage
+    from ulmtools.store import check_output
+    from ulmtools.train.data import SparseMovies
+
+    config = InferConfig(
+        threshold=threshold,
+        min_probability=min_probability,
+        batch_size=batch_size,
+        backend=str(backend),
+    )
+    data = SparseMovies(input)
+    sp.get_backend(config.backend)
+    torch_device = resolve_device(device)
+    net, meta = load_model(model, device=torch_device)
+    data.min_power = pick_input_threshold(
+        input_threshold, training_threshold(meta.provenance), data.input_rule
+    )
+    if data.min_power is not None and log is not None:
+        log(f"input sites with abs(corr)^2 <= {data.min_power:g} left out")
+    model_inputs = [Path(meta.path)] if not model.startswith("shipped:") else []
+    inputs = [input, *model_inputs]
+    check_output(output, force=force, inputs=inputs)
+    task = InferTask(
+        model=model if model.startswith("shipped:") else str(Path(meta.path).resolve()),
+        input=str(Path(input).resolve()),
+        device=str(torch_device),
+        config=config,
+        dense=False,
+        arch=meta.name,
+        min_power=data.min_power,
+    )
+    stage = InferStage(task, net, data, torch_device)
+    stage.inputs = [data.store]
+    stage.input_paths = inputs
+    stage.parameters = {
+        **config.to_dict(),
+        "device": str(torch_device),
+        "model": meta.describe() | {"kwargs": meta.kwargs, "spec": model},
+        "input_threshold": data.min_power,
+    }
+    stage.attrs = {
+        "input_grid": data.grid.to_attrs(),
+        "factor": 8,
+        "threshold": config.threshold,
+        "min_probability": config.min_probability,
+        "input_threshold": data.min_power,
+        "model": meta.describe(),
+        "movies": len(data),
+        "columns": list(data.fine_grid.axes),
+    }
+
+    def summarize(summary: dict[str, Any]) -> Summary:
+        seconds = round(summary.pop("_seconds"), 3)
+        for key in ("truth", "_localizations"):
+            summary.pop(key, None)
+        result: dict[str, Any] = {
+            "output": str(output),
+            "model": model,
+            **summary,
+            "seconds": seconds,
+            "device": str(torch_device),
+        }
+        dice = f", angiogram Dice {result['dice']:.4f}" if result["dice"] is not None else ""
+        text = (
+            f"{output}: {result['movies']} movies with {model} on {torch_device}{dice}\n"
+            f"sites per movie: {result['input_sites_mean']:.0f} in, "
+            f"{result['output_sites_mean']:.0f} out; "
+            f"{result['seconds_per_movie']:.3f} s per movie"
+        )
+        return Summary(result, text)
+
+    return run_stage(
+        stage, output, force=force, executor=executor, progress=progress, summarize=summarize
+    )
+
+
+def _infer_dense(
+    model: str,
+    input: Path,
+    output: Path,
+    *,
+    threshold: float,
+    min_probability: float,
+    batch_size: int,
+    input_threshold: str,
+    input_mask: Path | None,
+    device: str,
+    force: bool,
+    executor: Executor,
+    progress: ProgressCallback | None,
+    log: Log,
+) -> Summary:
+    from ulmtools.device import resolve_device
+    from ulmtools.infer.core import InferConfig
+    from ulmtools.infer.stage import InferStage, InferTask, mask_for_inference
+    from ulmtools.infer.weights import resolve
+    from ulmtools.models.store import load
+    from ulmtools.runner import run_stage
+    from ulmtools.store import check_output
+    from ulmtools.train.baselines import ImageMovies
+
+    config = InferConfig(
+        threshold=threshold, min_probability=min_probability, batch_size=batch_size
+    )
+    torch_device = resolve_device(device)
+    net, meta = load(resolve(model), device=torch_device)
+    t_in, mask = mask_for_inference(
+        input_threshold, input_mask, meta.training.get("input_masking"), log=_warn
+    )
+    data = ImageMovies(input, input_threshold=t_in, input_mask=mask, arch=meta.name)
+    if t_in is not None and log is not None:
+        log(f"input pixels with abs(corr)^2 <= {t_in:g} set to 0")
+    inputs = [input, Path(meta.path)] + ([mask] if mask is not None else [])
+    check_output(output, force=force, inputs=inputs)
+    task = InferTask(
+        model=str(Path(resolve(model)).resolve()),
+        input=str(Path(input).resolve()),
+        device=str(torch_device),
+        config=config,
+        dense=True,
+        arch=meta.name,
+        input_threshold=t_in,
+        input_mask=str(Path(mask).resolve()) if mask is not None else None,
+    )
+    stage = InferStage(task, net, data, torch_device)
+    stage.inputs = [data.store]
+    stage.input_paths = inputs
+    stage.sources = [data.store] + ([data.mask.store] if data.mask is not None else [])
+    stage.parameters = {
+        **config.to_dict(),
+        "device": str(torch_device),
+        "model": meta.describe() | {"kwargs": meta.kwargs, "spec": model},
+        "input_masking": data.masking,
+    }
+    stage.attrs = {
+        "input_grid": data.grid.to_attrs(),
+        "factor": 8,
+        "threshold": config.threshold,
+        "min_probability": config.min_probability,
+        "input_threshold": t_in,
+        "input_masking": data.masking,
+        "model": meta.describe(),
+        "movies": len(data),
+        "frames": data.frames,
+        "columns": list(data.fine_grid.axes),
+    }
+    wavelength = data.store.attrs.get("wavelength")  # as ulm track: for PALA's gates
+    if "acquisition" in data.store.attrs:
+        from ulmtools.acquisition import Acquisition
+
+        wavelength = Acquisition.from_attrs(data.store.attrs["acquisition"]).wavelength
+    if wavelength is not None:
+        stage.attrs["wavelength"] = wavelength
+
+    def summarize(summary: dict[str, Any]) -> Summary:
+        seconds = round(summary.pop("_seconds"), 3)
+        summary.pop("truth", None)
+        locs = summary.pop("_localizations", None)
+        result: dict[str, Any] = {
+            "output": str(output),
+            "model": model,
+            "architecture": meta.name,
+            **summary,
+            "seconds": seconds,
+            "device": str(torch_device),
+        }
+        if locs is not None:
+            result["localizations"] = locs
+        dice = f", angiogram Dice {result['dice']:.4f}" if result["dice"] is not None else ""
+        loc_text = f"; {locs} localizations" if locs is not None else ""
+        text = (
+            f"{output}: {result['movies']} movies with {model} ({meta.name}) on "
+            f"{torch_device}{dice}\n"
+            f"{result['output_sites_mean']:.0f} map sites per movie{loc_text}; "
+            f"{result['seconds_per_movie']:.3f} s per movie"
+        )
+        return Summary(result, text)
+
+    return run_stage(
+        stage,
+        output,
+        force=force,
+        executor=executor,
+        progress=progress,
+        summarize=summarize,
+    )
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("ulmtools").warning("%s", message)
 
 
 def track(

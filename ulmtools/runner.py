@@ -93,6 +93,8 @@ class MovieStage(abc.ABC):
     name: str = ""
     kind: str = ""
     inputs: Sequence[Store] = ()
+    #: the stores the provenance entry names, when not ``inputs`` (whose lineage is kept)
+    sources: Sequence[Store] | None = None
     input_paths: Sequence[str | os.PathLike[str]] = ()
     parameters: dict[str, Any]
     grid: Grid | None = None
@@ -153,7 +155,8 @@ def run_stage(
     report = progress or no_progress
     executor = executor or SerialExecutor()
     out = check_output(output, force=force, inputs=stage.input_paths)
-    entry = provenance_entry(stage.name, stage.parameters, stage.inputs)
+    sources = stage.inputs if stage.sources is None else stage.sources
+    entry = provenance_entry(stage.name, stage.parameters, sources)
     entry["executor"] = executor.describe()
     start = time.perf_counter()
     with create_store(

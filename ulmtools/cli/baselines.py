@@ -1,8 +1,8 @@
-"""``ulm train`` / ``ulm infer`` for the dense baselines (``--arch deepstulm``, ``mspcn``).
+"""``ulm train`` for the dense baselines (``--arch deepstulm``, ``mspcn``).
 
 Both read image stores (the dense correlation of ``ulm beamform`` or ``ulm
-simulate --level image``); the sparse network reads sparse stores. The routing
-and the one-line refusals of the wrong input kind live here.
+simulate --level image``); the sparse network reads sparse stores. Inference
+with them (routing, input masking) is in :mod:`ulmtools.infer.stage`.
 """
 
 from __future__ import annotations
@@ -11,37 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ulmtools.cli.context import emit, log, progress
-from ulmtools.errors import InputError, UsageError
-
-DENSE = ("deepstulm", "mspcn")
-READS = {
-    "deepstulm": ("image", "ulm beamform"),
-    "mspcn": ("image", "ulm beamform"),
-    "sparse-deepstulm": ("sparse", "ulm sparsify"),
-}
-
-
-def model_input_kind(model: str, input: Path) -> str:
-    """``image`` or ``sparse``: what the model reads; refuses an input of the other kind."""
-    from ulmtools.infer.weights import resolve
-    from ulmtools.models.store import info
-    from ulmtools.store import open_store
-
-    meta = info(resolve(model))
-    if meta.name not in READS:
-        return "sparse"  # ulm infer's own refusal names the architectures it runs
-    kind, made_by = READS[meta.name]
-    store = open_store(input)
-    if store.kind != kind:
-        raise InputError(
-            f"this {meta.name} model reads {'an' if kind == 'image' else 'a'} {kind} store "
-            f"({made_by}); {input} is {'an' if store.kind[0] in 'aeiou' else 'a'} "
-            f"{store.kind} store",
-            "sparsify an image store with ulm sparsify for the sparse model; "
-            "give the image store itself to a dense one",
-        )
-    return kind
+from ulmtools.cli.context import emit, progress
+from ulmtools.errors import UsageError
 
 
 def train_baseline(
@@ -156,143 +127,5 @@ def train_baseline(
         provenance=lineage(sources, entry),
         force=force,
         inputs=inputs,
-    )
-    emit(result, as_json=as_json, text=None if as_json else text)
-
-
-def mask_for_inference(
-    spec: str | None, input_mask: Path | None, trained: dict[str, Any] | None
-) -> tuple[float | None, Path | None]:
-    """(threshold, mask store) to apply to a dense model's input.
-
-    ``--input-threshold auto`` repeats the model's training threshold; ``none`` or a
-    number override it. A model trained on a sparse store's sites needs ``--input-mask``.
-    """
-    if input_mask is not None:
-        if spec not in (None, "auto", "none"):
-            raise UsageError("give --input-mask or a numeric --input-threshold, not both")
-        return None, input_mask
-    s = "auto" if spec is None else str(spec).lower()
-    if s == "none":
-        return None, None
-    if s == "auto":
-        if trained and trained.get("method") == "threshold":
-            return float(trained["threshold"]), None
-        if trained and trained.get("method") == "sparse-store":
-            log.warning(
-                "the model was trained on inputs masked by the sites of %s; give --input-mask "
-                "with the sparse store of this input to do the same",
-                (trained.get("store") or {}).get("path"),
-            )
-        return None, None
-    try:
-        value = float(s)
-    except ValueError:
-        raise UsageError(
-            f"--input-threshold must be auto, none or a number, got {spec!r}"
-        ) from None
-    return value, None
-
-
-def infer_dense(
-    model: str,
-    input: Path,
-    output: Path,
-    *,
-    threshold: float,
-    min_probability: float,
-    batch_size: int,
-    input_threshold: str,
-    input_mask: Path | None,
-    device: str,
-    force: bool,
-    as_json: bool,
-) -> None:
-    """``ulm infer`` with a deepstulm or mspcn model on an image store."""
-    from ulmtools.device import resolve_device
-    from ulmtools.infer.core import InferConfig
-    from ulmtools.infer.dense import infer_image_store
-    from ulmtools.infer.weights import resolve
-    from ulmtools.models.store import load
-    from ulmtools.store import check_output, create_store, lineage, provenance_entry
-    from ulmtools.train.baselines import ImageMovies
-    from ulmtools.truth import copy_truth
-
-    config = InferConfig(
-        threshold=threshold, min_probability=min_probability, batch_size=batch_size
-    )
-    torch_device = resolve_device(device)
-    net, meta = load(resolve(model), device=torch_device)
-    t_in, mask = mask_for_inference(input_threshold, input_mask, meta.training.get("input_masking"))
-    data = ImageMovies(input, input_threshold=t_in, input_mask=mask, arch=meta.name)
-    if t_in is not None:
-        log.info("input pixels with abs(corr)^2 <= %g set to 0", t_in)
-    inputs = [input, Path(meta.path)] + ([mask] if mask is not None else [])
-    check_output(output, force=force, inputs=inputs)
-    parameters = {
-        **config.to_dict(),
-        "device": str(torch_device),
-        "model": meta.describe() | {"kwargs": meta.kwargs, "spec": str(model)},
-        "input_masking": data.masking,
-    }
-    sources = [data.store] + ([data.mask.store] if data.mask is not None else [])
-    entry = provenance_entry("infer", parameters, sources)
-    attrs = {
-        "input_grid": data.grid.to_attrs(),
-        "factor": 8,
-        "threshold": config.threshold,
-        "min_probability": config.min_probability,
-        "input_threshold": t_in,
-        "input_masking": data.masking,
-        "model": meta.describe(),
-        "movies": len(data),
-        "frames": data.frames,
-        "columns": list(data.fine_grid.axes),
-    }
-    wavelength = data.store.attrs.get("wavelength")  # as ulm track: for PALA's gates
-    if "acquisition" in data.store.attrs:
-        from ulmtools.acquisition import Acquisition
-
-        wavelength = Acquisition.from_attrs(data.store.attrs["acquisition"]).wavelength
-    if wavelength is not None:
-        attrs["wavelength"] = wavelength
-    start = time.perf_counter()
-    with (
-        create_store(
-            output,
-            "prediction",
-            provenance=lineage([data.store], entry),
-            grid=data.fine_grid,
-            axes=tuple(data.fine_grid.axes),
-            attrs=attrs,
-            force=force,
-            inputs=inputs,
-        ) as out,
-        progress("infer") as report,
-    ):
-        stats = infer_image_store(net, data, out, config, device=torch_device, progress=report)  # type: ignore[arg-type]
-        summary = stats.summary()
-        out.attrs["stats"] = summary
-        if stats.dice is not None:
-            out.attrs["dice"] = stats.dice
-        copy_truth(data.store, out)
-        elapsed = time.perf_counter() - start
-        result: dict[str, Any] = {
-            "output": str(output),
-            "model": str(model),
-            "architecture": meta.name,
-            **summary,
-            "seconds": round(elapsed, 3),
-            "device": str(torch_device),
-        }
-        if "localizations" in out:
-            result["localizations"] = int(out["localizations"]["offsets"][-1])
-    dice = f", angiogram Dice {result['dice']:.4f}" if result["dice"] is not None else ""
-    locs = f"; {result['localizations']} localizations" if "localizations" in result else ""
-    text = (
-        f"{output}: {result['movies']} movies with {model} ({meta.name}) on "
-        f"{torch_device}{dice}\n"
-        f"{result['output_sites_mean']:.0f} map sites per movie{locs}; "
-        f"{result['seconds_per_movie']:.3f} s per movie"
     )
     emit(result, as_json=as_json, text=None if as_json else text)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ulmtools.cli.context import emit, log, progress, setup
 from ulmtools.cli.options import (
     Backend,
+    Dask,
+    DaskScheduler,
     Device,
     Force,
     InputStore,
@@ -69,6 +70,17 @@ def infer(
     ] = None,
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Batches predicted at once in worker processes, each loading the model; 0 "
+            "uses every core, 1 works in-process. With --dask: the number of Dask workers.",
+        ),
+    ] = 1,
+    dask: Dask = False,
+    dask_scheduler: DaskScheduler = None,
     force: Force = False,
     json: Json = False,
     verbose: Verbose = False,
@@ -87,10 +99,10 @@ def infer(
     its per-frame detections as localizations/ (PALA metrics in ulm score).
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.cli.baselines import infer_dense, model_input_kind
+    from ulmtools import api
 
-    if model_input_kind(model, input) == "image":
-        infer_dense(
+    with progress("infer") as report:
+        result = api.infer(
             model,
             input,
             output,
@@ -99,99 +111,14 @@ def infer(
             batch_size=batch_size,
             input_threshold=input_threshold,
             input_mask=input_mask,
+            backend=backend.value,
             device=device,
+            workers=workers,
+            dask=dask,
+            dask_scheduler=dask_scheduler,
             force=force,
-            as_json=json,
+            progress=report,
+            log=log.info,
         )
-        return
-    if input_mask is not None:
-        from ulmtools.errors import UsageError
-
-        raise UsageError(
-            "--input-mask applies to the dense models (deepstulm, mspcn)",
-            "the sparse model reads the sites of its sparse input store",
-        )
-    from ulmtools import sparse as sp
-    from ulmtools.device import resolve_device
-    from ulmtools.infer.core import InferConfig, infer_store, training_threshold
-    from ulmtools.infer.core import input_threshold as pick_input_threshold
-    from ulmtools.infer.weights import load_model
-    from ulmtools.store import check_output, create_store, lineage, provenance_entry
-    from ulmtools.train.data import SparseMovies
-    from ulmtools.truth import copy_truth
-
-    config = InferConfig(
-        threshold=threshold,
-        min_probability=min_probability,
-        batch_size=batch_size,
-        backend=backend.value,
-    )
-    data = SparseMovies(input)
-    sp.get_backend(config.backend)
-    torch_device = resolve_device(device)
-    net, meta = load_model(model, device=torch_device)
-    data.min_power = pick_input_threshold(
-        input_threshold, training_threshold(meta.provenance), data.input_rule
-    )
-    if data.min_power is not None:
-        log.info("input sites with abs(corr)^2 <= %g left out", data.min_power)
-    model_inputs = [Path(meta.path)] if not str(model).startswith("shipped:") else []
-    check_output(output, force=force, inputs=[input, *model_inputs])
-    parameters = {
-        **config.to_dict(),
-        "device": str(torch_device),
-        "model": meta.describe() | {"kwargs": meta.kwargs, "spec": str(model)},
-        "input_threshold": data.min_power,
-    }
-    entry = provenance_entry("infer", parameters, [data.store])
-    attrs = {
-        "input_grid": data.grid.to_attrs(),
-        "factor": 8,
-        "threshold": config.threshold,
-        "min_probability": config.min_probability,
-        "input_threshold": data.min_power,
-        "model": meta.describe(),
-        "movies": len(data),
-        "columns": list(data.fine_grid.axes),
-    }
-    start = time.perf_counter()
-    with (
-        create_store(
-            output,
-            "prediction",
-            provenance=lineage([data.store], entry),
-            grid=data.fine_grid,
-            axes=tuple(data.fine_grid.axes),
-            attrs=attrs,
-            force=force,
-            inputs=[input, *model_inputs],
-        ) as out,
-        progress("infer") as report,
-    ):
-        stats = infer_store(net, data, out, config, device=torch_device, progress=report)
-        summary = stats.summary()
-        out.attrs["stats"] = summary
-        if stats.dice is not None:
-            out.attrs["dice"] = stats.dice
-        copy_truth(data.store, out)
-        # made before the rename: a failure here leaves no finished output behind an error
-        elapsed = time.perf_counter() - start
-        result: dict[str, Any] = {
-            "output": str(output),
-            "model": str(model),
-            **summary,
-            "seconds": round(elapsed, 3),
-            "device": str(torch_device),
-        }
-        text = None if json else _text(result)
-    log.debug("infer took %.2f s", elapsed)
-    emit(result, as_json=json, text=text)
-
-
-def _text(r: dict[str, Any]) -> str:
-    dice = f", angiogram Dice {r['dice']:.4f}" if r["dice"] is not None else ""
-    return (
-        f"{r['output']}: {r['movies']} movies with {r['model']} on {r['device']}{dice}\n"
-        f"sites per movie: {r['input_sites_mean']:.0f} in, {r['output_sites_mean']:.0f} out; "
-        f"{r['seconds_per_movie']:.3f} s per movie"
-    )
+    log.debug("infer took %.2f s", result["seconds"])
+    emit(result, as_json=json, text=result.text)

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 import zarr
 
-from ulmtools.errors import InputError, UsageError
+from ulmtools.errors import UsageError
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.score.maps import dice
-from ulmtools.sites import SiteWriter
 from ulmtools.store import create_array
 from ulmtools.train.data import SparseMovies
 
@@ -204,34 +203,21 @@ def infer_store(
     progress: ProgressCallback = no_progress,
 ) -> InferStats:
     """Predict every movie of ``data`` into the writable group ``out`` (one batch at a time)."""
-    import time
+    from ulmtools.infer.stage import InferStage, InferTask
+    from ulmtools.runner import fill
 
-    if model.dimension != data.dimension:
-        raise InputError(
-            f"the model is for {model.dimension - 1}D+t data but the input is {data.space_ndim}D+t",
-            "use a model trained on data of the same dimension",
-        )
-    writer = SiteWriter(out, data.fine_grid.axes, ("probability",), unit="fine-grid pixel index")
-    angiogram = np.zeros(data.fine_grid.shape, dtype=np.uint32)
-    stats = InferStats(movies=len(data))
-    progress(0, len(data), "")
-    for b0 in range(0, len(data), config.batch_size):
-        batch = list(range(b0, min(len(data), b0 + config.batch_size)))
-        inputs = [data.movie(m) for m in batch]
-        t0 = time.perf_counter()
-        maps = predict(model, inputs, device=device, backend=config.backend)
-        per = (time.perf_counter() - t0) / len(batch)
-        for (c_in, _), (c, p) in zip(inputs, maps):
-            accumulate(angiogram, c, p, config.threshold)
-            keep = p >= config.min_probability
-            writer.write_movie(c[keep], p[keep])
-            stats.input_sites.append(len(c_in))
-            stats.output_sites.append(len(c))
-            stats.seconds.append(per)
-        progress(batch[-1] + 1, len(data), f"{stats.output_sites[-1]} sites")
-    writer.close()
-    finish_prediction(out, angiogram, data, config, stats)
-    return stats
+    task = InferTask(
+        model="",
+        input=str(data.store.path),
+        device=str(device),
+        config=config,
+        dense=False,
+        arch="sparse-deepstulm",
+        min_power=data.min_power,
+    )
+    stage = InferStage(task, model, data, device)
+    fill(stage, out, progress=progress)
+    return stage.stats
 
 
 def finish_prediction(

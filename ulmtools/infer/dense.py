@@ -19,7 +19,6 @@ The ``angiogram`` counts, per fine pixel, the movies whose map exceeds
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,14 +26,12 @@ import numpy as np
 import torch
 import zarr
 
-from ulmtools.errors import InputError
-from ulmtools.infer.core import InferConfig, InferStats, accumulate, finish_prediction
+from ulmtools.infer.core import InferConfig, InferStats, accumulate
 from ulmtools.models.dense_deepstulm import DenseDeepStulm
 from ulmtools.models.mask_cnn import as_input
 from ulmtools.models.mspcn import MSPCN, local_maxima, refine
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.score.maps import dice
-from ulmtools.sites import RaggedWriter, SiteWriter
 from ulmtools.train.baselines import ImageMovies
 
 #: frames per mSPCN forward pass
@@ -145,65 +142,20 @@ def infer_image_store(
     progress: ProgressCallback = no_progress,
 ) -> InferStats:
     """Predict every movie of ``data`` into the writable group ``out``."""
-    if data.space_ndim != model.spatial_dims:
-        raise InputError(
-            f"the model works on {model.spatial_dims}D images but the input is {data.space_ndim}D"
-        )
-    mspcn = isinstance(model, MSPCN)
-    writer = SiteWriter(
-        out,
-        data.fine_grid.axes,
-        ("detected" if mspcn else "probability",),
-        unit="fine-grid pixel index",
+    from ulmtools.infer.stage import InferStage, InferTask
+    from ulmtools.runner import fill
+
+    task = InferTask(
+        model="",
+        input=str(data.store.path),
+        device=str(device),
+        config=config,
+        dense=True,
+        arch="mspcn" if isinstance(model, MSPCN) else "deepstulm",
     )
-    loc = None
-    if mspcn:
-        group = out.require_group("localizations")
-        group.attrs.update({"columns": list(data.grid.axes), "unit": "metre"})
-        loc = RaggedWriter(
-            group,
-            {
-                "positions": (
-                    "float64",
-                    2,
-                    {
-                        "dims": ("row", "coordinate"),
-                        "unit": "metre",
-                        "axes_order": list(data.grid.axes),
-                    },
-                ),
-                "frames": ("int32", None, {}),
-                "intensity": ("float32", None, {"meaning": "per-frame map at the maximum"}),
-            },
-        )
-    angiogram = np.zeros(data.fine_grid.shape, dtype=np.uint32)
-    stats = InferStats(movies=len(data))
-    step = 1 if mspcn else config.batch_size
-    progress(0, len(data), "")
-    for b0 in range(0, len(data), step):
-        batch = list(range(b0, min(len(data), b0 + step)))
-        t0 = time.perf_counter()
-        maps = predict_movies(model, data, batch, config, device)
-        per = (time.perf_counter() - t0) / len(batch)
-        for mm in maps:
-            accumulate(angiogram, mm.coords, mm.feats, 0 if mspcn else config.threshold)
-            writer.write_movie(mm.coords, mm.feats)
-            if loc is not None:
-                assert mm.positions is not None
-                loc.write_movie(
-                    positions=data.fine_grid.to_position(mm.positions).reshape(-1, 2),
-                    frames=mm.frames,
-                    intensity=mm.intensity,
-                )
-            stats.input_sites.append(int(np.prod(data.shape)))
-            stats.output_sites.append(len(mm.coords))
-            stats.seconds.append(per)
-        progress(batch[-1] + 1, len(data), f"{stats.output_sites[-1]} sites")
-    writer.close()
-    if loc is not None:
-        loc.close()
-    finish_prediction(out, angiogram, data, config, stats)
-    return stats
+    stage = InferStage(task, model, data, device)
+    fill(stage, out, progress=progress)
+    return stage.stats
 
 
 __all__ = [
