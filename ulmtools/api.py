@@ -750,6 +750,100 @@ def _track_text(r: dict[str, Any]) -> str:
     )
 
 
+def score(
+    preds: Sequence[PathLike] | PathLike,
+    truth: PathLike | None = None,
+    *,
+    output: PathLike | None = None,
+    figure: PathLike | None = None,
+    movies: int | None = None,
+    pairing: str = "greedy",
+    wavelength: float | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    log: Log = None,
+) -> Summary:
+    """``ulm score``: every metric of one or more reconstructions against ground truth.
+
+    Returns the report (what ``ulm score --json`` prints); ``text`` is the table.
+    ``output`` also writes the JSON report to that file, ``figure`` a PNG figure.
+    """
+    import json as _json
+
+    from ulmtools.errors import UsageError
+    from ulmtools.progress import no_progress
+    from ulmtools.score.core import score as run_score
+    from ulmtools.score.report import format_report
+    from ulmtools.store import jsonable
+
+    if isinstance(preds, (str, os.PathLike)):
+        preds = [preds]
+    preds = [Path(p) for p in preds]
+    if wavelength is not None and not wavelength > 0:
+        raise UsageError(f"--wavelength must be positive (metres), got {wavelength}")
+    report_path = None if output is None else Path(output)
+    figure_path = None if figure is None else Path(figure)
+    inputs = [*preds, *([Path(truth)] if truth is not None else [])]
+    for path in (report_path, figure_path):
+        if path is not None:
+            _check_file_output(path, force=force, inputs=inputs)
+    same = report_path is not None and figure_path is not None
+    if same and report_path.resolve() == figure_path.resolve():  # type: ignore[union-attr]
+        raise UsageError("--output and --figure name the same file", "give two paths")
+    report = run_score(
+        [str(p) for p in preds],
+        truth,
+        movies=movies,
+        pairing=str(pairing),
+        wavelength=wavelength,
+        progress=progress or no_progress,
+        log=log or (lambda message: None),
+    )
+    doc = report.document
+    if figure_path is not None:
+        from ulmtools.score.figure import write_figure
+
+        width, height = write_figure(report.methods, figure_path)
+        doc["figure"] = {"path": str(figure_path), "width": width, "height": height}
+        if log is not None:
+            log(f"figure: {figure_path} ({width} x {height} px)")
+    doc = jsonable(doc)
+    if report_path is not None:
+        _write_atomic(report_path, _json.dumps(doc, allow_nan=False) + "\n")
+        if log is not None:
+            log(f"report: {report_path}")
+    return Summary(doc, format_report(doc))
+
+
+def _check_file_output(path: Path, *, force: bool, inputs: list[Path]) -> None:
+    from ulmtools.errors import OutputError
+
+    for inp in inputs:
+        if path.resolve() == inp.resolve():
+            raise OutputError(f"the output {path} is also an input", "write to another path")
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory", "give a file name")
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists", "use --force to overwrite it")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"the directory {parent} does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"the directory {parent} is not writable", "choose another path")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import uuid
+
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def train(
     train_store: PathLike,
     model_store: PathLike,

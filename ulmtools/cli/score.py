@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-import os
 import sys
-import uuid
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +12,6 @@ import typer
 
 from ulmtools.cli.context import log, progress, setup
 from ulmtools.cli.options import Force, Json, Quiet, Verbose
-from ulmtools.errors import OutputError, UsageError
 
 
 class Pairing(StrEnum):
@@ -99,73 +96,24 @@ def score(
     integer refinement is reduced by a block OR. Several PREDs give one table.
     """
     setup(verbose=verbose, quiet=quiet)
-    from ulmtools.score.core import score as run_score
-    from ulmtools.score.report import format_report
+    from ulmtools import api
 
-    if wavelength is not None and not wavelength > 0:
-        raise UsageError(f"--wavelength must be positive (metres), got {wavelength}")
     to_stdout = json or output == "-"
-    report_path = None if output in (None, "-") else Path(output)
-    inputs = [*preds, *([truth] if truth is not None else [])]
-    for path in (report_path, figure):
-        if path is not None:
-            _check_file_output(path, force=force, inputs=inputs)
-    if report_path is not None and figure is not None and _same(report_path, figure):
-        raise UsageError("--output and --figure name the same file", "give two paths")
     with progress("score") as report_progress:
-        report = run_score(
-            [str(p) for p in preds],
+        report = api.score(
+            preds,
             truth,
+            output=None if output in (None, "-") else output,
+            figure=figure,
             movies=movies,
             pairing=pairing.value,
             wavelength=wavelength,
+            force=force,
             progress=report_progress,
             log=log.info,
         )
-    doc = report.document
-    if figure is not None:
-        from ulmtools.score.figure import write_figure
-
-        width, height = write_figure(report.methods, figure)
-        doc["figure"] = {"path": str(figure), "width": width, "height": height}
-        log.info(f"figure: {figure} ({width} x {height} px)")
-    from ulmtools.store import jsonable
-
-    text = _json.dumps(jsonable(doc), allow_nan=False)
-    if report_path is not None:
-        _write_atomic(report_path, text + "\n")
-        log.info(f"report: {report_path}")
     if to_stdout:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(_json.dumps(report, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(format_report(doc))
+        sys.stdout.write(report.text)
     sys.stdout.flush()
-
-
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def _check_file_output(path: Path, *, force: bool, inputs: list[Path]) -> None:
-    for inp in inputs:
-        if _same(path, inp):
-            raise OutputError(f"the output {path} is also an input", "write to another path")
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory", "give a file name")
-    if path.exists() and not force:
-        raise OutputError(f"{path} exists", "use --force to overwrite it")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"the directory {parent} does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"the directory {parent} is not writable", "choose another path")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
