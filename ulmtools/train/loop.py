@@ -15,17 +15,21 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ulmtools import sparse as sp
 from ulmtools.errors import InputError
-from ulmtools.models.deepstulm import FACTOR, HR_LEVELS, SparseDeepStulm
+from ulmtools.models.deepstulm import FACTOR, HR_LEVELS, DeepStulmOutput, Guide, SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.train.config import TrainConfig
 from ulmtools.train.data import SparseMovies
 from ulmtools.train.loss import lookup, pooled_targets, sparse_dice_loss
+
+if TYPE_CHECKING:
+    from ulmtools.train.distributed import World
 
 
 class Diverged(InputError):
@@ -62,6 +66,57 @@ def level_strides(levels: int) -> list[int]:
     return [FACTOR >> i for i in range(levels)]
 
 
+def loss_terms(
+    model: torch.nn.Module,
+    x: sp.SparseTensor,
+    target: torch.Tensor,
+    pooled: dict[int, torch.Tensor],
+    config: TrainConfig,
+    levels: int | None,
+    guide: Guide | None,
+) -> tuple[list[tuple[sp.SparseTensor, torch.Tensor]], bool, DeepStulmOutput]:
+    """Run the network on ``x``: the (logits, target) pair of every Dice loss term (the
+    classifiers', coarse to fine, then the final map's), whether the last is the final
+    map, and the network's output."""
+    out = model(x, levels=levels, guide=guide)
+    terms = []
+    if config.classifiers:
+        for logits in out.levels:
+            terms.append((logits, pooled[logits.tensor_stride[1]]))
+    if out.final is not None:
+        terms.append((out.final, target))
+    return terms, out.final is not None, out
+
+
+def batch_targets(
+    data: SparseMovies, movies: list[int], dilation: int, device: torch.device
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The movies' fine-grid targets (B, *fine) and their max-pools per classifier stride."""
+    target = torch.from_numpy(data.targets(movies, dilation)).to(device)
+    return target, pooled_targets(target, level_strides(HR_LEVELS))
+
+
+def guide_from(pooled: dict[int, torch.Tensor]) -> Guide:
+    """The training-time pruning guide: is there truth in each site's cell."""
+
+    def guide(coords: torch.Tensor, stride: int) -> torch.Tensor:
+        return lookup(pooled[stride], coords, stride)
+
+    return guide
+
+
+def take_step(state: TrainState, loss: torch.Tensor) -> None:
+    """Backward and one Adam step, refusing a non-finite loss or gradient first."""
+    if not torch.isfinite(loss):
+        raise Diverged(f"the loss is {float(loss.detach())}")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in state.model.parameters() if p.grad is not None and p.grad.numel()]
+    if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads]).max()):
+        raise Diverged("a gradient is not finite")
+    state.optimizer.step()
+
+
 def train_step(
     state: TrainState,
     data: SparseMovies,
@@ -75,39 +130,19 @@ def train_step(
     inputs = [data.movie(m) for m in movies]
     if sum(len(c) for c, _ in inputs) == 0:
         return None
-    target = torch.from_numpy(data.targets(movies, phase["dilation"])).to(device)
-    levels = phase["levels"]
-    pooled = pooled_targets(target, level_strides(HR_LEVELS))
-
-    def guide(coords: torch.Tensor, stride: int) -> torch.Tensor:
-        return lookup(pooled[stride], coords, stride)
-
+    target, pooled = batch_targets(data, movies, phase["dilation"], device)
     x = model.make_input([c for c, _ in inputs], [f for _, f in inputs], device=device,
                          backend=config.backend)  # fmt: skip
     model.train()
-    out = model(x, levels=levels, guide=guide)
-    losses = []
-    if config.classifiers:
-        for logits in out.levels:
-            losses.append(
-                sparse_dice_loss(logits, pooled[logits.tensor_stride[1]], config.dice_smooth)
-            )
-    final = None
-    if out.final is not None:
-        final = sparse_dice_loss(out.final, target, config.dice_smooth)
-        losses.append(final)
+    terms, has_final, out = loss_terms(
+        model, x, target, pooled, config, phase["levels"], guide_from(pooled)
+    )
+    losses = [sparse_dice_loss(logits, t, config.dice_smooth) for logits, t in terms]
     loss = torch.stack(losses).sum()
-    if not torch.isfinite(loss):
-        raise Diverged(f"the loss is {float(loss.detach())}")
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None and p.grad.numel()]
-    if grads and not torch.isfinite(torch.stack([g.abs().max() for g in grads]).max()):
-        raise Diverged("a gradient is not finite")
-    state.optimizer.step()
+    take_step(state, loss)
     return {
         "loss": float(loss.detach()),
-        "final": float(final.detach()) if final is not None else float("nan"),
+        "final": float(losses[-1].detach()) if has_final else float("nan"),
         "sites": float(sum(out.sites)),
     }
 
@@ -120,8 +155,13 @@ def run_epoch(
     *,
     val: SparseMovies | None = None,
     progress: ProgressCallback = no_progress,
+    world: World | None = None,
 ) -> dict[str, Any]:
-    """Train one epoch (epoch index ``state.epoch``), validate, return its history record."""
+    """Train one epoch (epoch index ``state.epoch``), validate, return its history record.
+
+    With ``world`` (several processes under torchrun) every process takes its share of
+    each batch and the step's loss, gradients and batch statistics are those of the
+    whole batch (:mod:`ulmtools.train.distributed`)."""
     epoch = state.epoch
     phase = config.phase(epoch)
     for g in state.optimizer.param_groups:
@@ -135,7 +175,10 @@ def run_epoch(
     losses, finals, sites = [], [], []
     for i, batch in enumerate(batches):
         try:
-            r = train_step(state, data, batch, config, phase, device)
+            if world is None:
+                r = train_step(state, data, batch, config, phase, device)
+            else:
+                r = world.train_step(state, data, batch, config, phase, device)
         except Diverged as exc:
             kept = f"the checkpoint after epoch {epoch} is kept" if epoch else "nothing was written"
             raise Diverged(
@@ -164,12 +207,19 @@ def run_epoch(
     }
     record["val_dice"] = None
     if val is not None and phase["levels"] is None:
-        from ulmtools.infer.core import angiogram_dice
+        if world is None:
+            from ulmtools.infer.core import angiogram_dice
 
-        record["val_dice"] = angiogram_dice(
-            state.model, val, device=device, backend=config.backend, batch_size=bs
-        )
+            record["val_dice"] = angiogram_dice(
+                state.model, val, device=device, backend=config.backend, batch_size=bs
+            )
+        else:
+            record["val_dice"] = world.angiogram_dice(
+                state.model, val, backend=config.backend, batch_size=bs
+            )
     record["peak_memory_mb"] = peak_memory_mb(device)
+    if world is not None:  # the largest process's
+        record["peak_memory_mb"] = world.max(record["peak_memory_mb"])
     record["memory"] = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
     state.epoch += 1
     state.history.append(record)
@@ -186,18 +236,27 @@ def fit(
     stop_after: int | None = None,
     on_epoch: Callable[[TrainState, dict[str, Any]], None] | None = None,
     progress: ProgressCallback = no_progress,
+    world: World | None = None,
 ) -> TrainState:
     """Train (or continue ``state``) up to ``config.total_epochs`` epochs.
 
     ``on_epoch(state, record)`` runs after every epoch (checkpointing, logging);
-    ``stop_after`` ends early after that many epochs in total (tests of resume).
+    ``stop_after`` ends early after that many epochs in total (tests of resume);
+    ``world`` trains under torchrun with DistributedDataParallel (every process calls
+    ``fit`` with the same arguments).
     """
     device = torch.device(device)
     if state is None:
         state = new_state(config, data.dimension, device)
     end = config.total_epochs if stop_after is None else min(stop_after, config.total_epochs)
-    while state.epoch < end:
-        record = run_epoch(state, data, config, device, val=val, progress=progress)
-        if on_epoch is not None:
-            on_epoch(state, record)
+    if world is not None:
+        world.attach(state.model, config)
+    try:
+        while state.epoch < end:
+            record = run_epoch(state, data, config, device, val=val, progress=progress, world=world)
+            if on_epoch is not None:
+                on_epoch(state, record)
+    finally:
+        if world is not None:
+            world.detach()
     return state

@@ -28,12 +28,12 @@ def lookup(target: Tensor, coords: Tensor, stride: int) -> Tensor:
     return target[(coords[:, 0].long(), *idx.unbind(1))]
 
 
-def sparse_dice_loss(logits: sp.SparseTensor, target: Tensor, smooth: float = 1e-3) -> Tensor:
-    """1 - soft Dice of ``sigmoid(logits)`` projected over time against ``target``.
+def dice_sums(logits: sp.SparseTensor, target: Tensor) -> Tensor:
+    """The soft Dice's three sums ``(sum p*y, sum p, sum y)`` of ``sigmoid(logits)``
+    projected over time against ``target`` (see :func:`sparse_dice_loss`).
 
-    ``target`` (B, *space) bool is on the grid of ``logits``' spatial stride;
-    sites absent from ``logits`` count as probability 0, so missed positives
-    still lower the Dice.  One Dice over the whole batch.
+    Sums add over movies, so several processes each holding part of a batch add
+    theirs and get the Dice of the whole batch (:mod:`ulmtools.train.distributed`).
     """
     stride = logits.tensor_stride[1]
     rows, best, _ = project_time(logits.coords, logits.feats[:, 0])
@@ -43,5 +43,19 @@ def sparse_dice_loss(logits: sp.SparseTensor, target: Tensor, smooth: float = 1e
         inter = (p * y).sum()
     else:
         inter = p.sum()
-    total = p.sum() + target.sum().to(p.dtype)
-    return 1.0 - (2.0 * inter + smooth) / (total + smooth)
+    return torch.stack([inter, p.sum(), target.sum().to(p.dtype)])
+
+
+def dice_from_sums(sums: Tensor, smooth: float = 1e-3) -> Tensor:
+    """``1 - (2 * sum p*y + smooth) / (sum p + sum y + smooth)``."""
+    return 1.0 - (2.0 * sums[0] + smooth) / (sums[1] + sums[2] + smooth)
+
+
+def sparse_dice_loss(logits: sp.SparseTensor, target: Tensor, smooth: float = 1e-3) -> Tensor:
+    """1 - soft Dice of ``sigmoid(logits)`` projected over time against ``target``.
+
+    ``target`` (B, *space) bool is on the grid of ``logits``' spatial stride;
+    sites absent from ``logits`` count as probability 0, so missed positives
+    still lower the Dice.  One Dice over the whole batch.
+    """
+    return dice_from_sums(dice_sums(logits, target), smooth)

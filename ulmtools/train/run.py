@@ -1,0 +1,636 @@
+"""``ulm train`` as one library call: :func:`train`.
+
+The command line and this function are the same thing: the CLI parses its options,
+calls :func:`train` and prints the summary it returns.  Each keyword is the option of
+the same name (``batch_size`` is ``--batch-size``), errors are the CLI's
+(:mod:`ulmtools.errors`, each with its exit code), and progress goes to a
+``progress(done, total, message)`` callback; per-epoch lines go to the ``ulmtools``
+logger.
+
+Under ``torchrun --nproc-per-node N`` (``RANK``/``WORLD_SIZE`` set, N > 1) the sparse
+network trains with DistributedDataParallel over N processes
+(:mod:`ulmtools.train.distributed`); process 0 writes the model store and returns
+the summary, the others return None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ulmtools.errors import OutputError, UsageError
+from ulmtools.progress import ProgressCallback, no_progress
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("sparse-deepstulm", "deepstulm", "mspcn", "mask-cnn")
+DENSE = ("deepstulm", "mspcn")
+#: The model store is rewritten at most this often during a run (and at its end);
+#: the resume state is written after every epoch.
+MODEL_WRITE_SECONDS = 60.0
+SCHEDULE_NAMES = "auto, paper-2d, paper-3d, cpu-2d, cpu-3d"
+
+PathLike = str | os.PathLike[str]
+
+
+def train(
+    train_store: PathLike,
+    model_store: PathLike,
+    *,
+    arch: str = "sparse-deepstulm",
+    also: Sequence[PathLike] = (),
+    val: PathLike | None = None,
+    schedule: str = "auto",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    channels: int = 16,
+    deep_supervision: bool = False,
+    pruning: bool = False,
+    cascade: bool = False,
+    input_mask: PathLike | None = None,
+    input_threshold: float | None = None,
+    backend: str = "builtin",
+    device: str = "auto",
+    seed: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any] | None:
+    """Train a network on a store with ground truth; write the model store ``model_store``.
+
+    ``arch`` is ``sparse-deepstulm`` (``train_store``: a sparse store), ``deepstulm``
+    or ``mspcn`` (the dense 2D baselines) or ``mask-cnn`` (the learned mask of ulm
+    sparsify), the last three on an image store.  Returns the summary ``ulm train
+    --json`` prints (None in the processes of a torchrun launch other than process 0).
+    """
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHITECTURES)}")
+    progress = progress or no_progress
+    train_store, model_store = Path(train_store), Path(model_store)
+    also = [Path(p) for p in also or ()]
+    val = Path(val) if val is not None else None
+    input_mask = Path(input_mask) if input_mask is not None else None
+    masked = {
+        "--input-mask": input_mask is not None,
+        "--input-threshold": input_threshold is not None,
+    }
+    # options of the sparse network only, refused by the image-store architectures
+    sparse_only = {
+        "--val": val is not None,
+        "--also": bool(also),
+        "--schedule": schedule != "auto",
+        "--deep-supervision": deep_supervision,
+        "--pruning": pruning,
+        "--cascade": cascade,
+        "--resume": resume,
+        "--backend": backend != "builtin",
+    }
+    from ulmtools.train.distributed import torchrun_env
+
+    launch = torchrun_env()
+    if arch in DENSE:
+        _refuse(
+            sparse_only,
+            arch,
+            "it takes --epochs, --batch-size, --lr, --channels, --input-mask, "
+            "--input-threshold, --seed and --device",
+        )
+        _one_process(launch, arch)
+        return _train_baseline(
+            arch,
+            train_store,
+            model_store,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            channels=channels,
+            seed=seed,
+            device=device,
+            input_mask=input_mask,
+            input_threshold=input_threshold,
+            force=force,
+            progress=progress,
+        )
+    if any(masked.values()):
+        flags = ", ".join(flag for flag, on in masked.items() if on)
+        raise UsageError(
+            f"{flags} apply to the dense baselines (--arch deepstulm or mspcn)",
+            "the sparse model's input is masked by ulm sparsify",
+        )
+    if arch == "mask-cnn":
+        _refuse(
+            sparse_only,
+            "mask-cnn",
+            "it takes --epochs, --batch-size, --lr, --channels, --seed and --device",
+        )
+        _one_process(launch, arch)
+        return _train_mask_cnn(
+            train_store, model_store, epochs, batch_size, lr, channels, seed, device, force,
+            progress,
+        )  # fmt: skip
+
+    world = None
+    if launch is not None:
+        from ulmtools.train import distributed
+
+        world = distributed.start(launch, distributed.process_device(device, launch))
+    try:
+        return _train_sparse(
+            train_store,
+            model_store,
+            also=also,
+            val=val,
+            schedule=schedule,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            channels=channels,
+            deep_supervision=deep_supervision,
+            pruning=pruning,
+            cascade=cascade,
+            backend=backend,
+            device=device,
+            seed=seed,
+            resume=resume,
+            force=force,
+            progress=progress,
+            world=world,
+        )
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _one_process(launch: Any, arch: str) -> None:
+    if launch is not None:
+        raise UsageError(
+            f"--arch {arch} trains in one process; under torchrun only --arch "
+            "sparse-deepstulm runs (on several processes)",
+            "start it without torchrun",
+        )
+
+
+def _train_sparse(
+    train_store: Path,
+    model_store: Path,
+    *,
+    also: list[Path],
+    val: Path | None,
+    schedule: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    channels: int,
+    deep_supervision: bool,
+    pruning: bool,
+    cascade: bool,
+    backend: str,
+    device: str,
+    seed: int | None,
+    resume: bool,
+    force: bool,
+    progress: ProgressCallback,
+    world: Any,
+) -> dict[str, Any] | None:
+    """Sparse Deep-stULM on sparse stores, in one process or (``world``) several."""
+    main = world is None or world.is_main
+    # before training, every process checks; under torchrun they agree on the outcome
+    with world.together() if world is not None else contextlib.nullcontext():
+        import numpy as np
+
+        from ulmtools import sparse as sp
+        from ulmtools.device import resolve_device
+        from ulmtools.store import check_output, lineage, provenance_entry
+        from ulmtools.train.checkpoint import load_resume, resume_path
+        from ulmtools.train.config import TrainConfig, resolve_schedule
+        from ulmtools.train.data import MovieSet, SparseMovies
+
+        data: Any = SparseMovies(train_store, need_truth=True)
+        if also:
+            data = MovieSet([data, *(SparseMovies(p, need_truth=True) for p in also)])
+        val_data = SparseMovies(val, need_truth=True) if val is not None else None
+        if val_data is not None and val_data.dimension != data.dimension:
+            raise UsageError(
+                f"the validation store is {val_data.space_ndim}D+t but the training store "
+                f"is {data.space_ndim}D+t"
+            )
+        sp.get_backend(backend)  # refuse an unavailable backend before any work
+        torch_device = world.device if world is not None else resolve_device(device)
+        inputs = [train_store, *also] + ([val] if val is not None else [])
+
+        state = None
+        if resume:
+            # the model store and its resume state are rewritten: neither may hold an input
+            check_output(model_store, force=True, inputs=inputs)
+            check_output(resume_path(model_store), force=True, inputs=inputs)
+            state, config, stored = load_resume(model_store, torch_device)
+            _check_same(
+                config, stored, data, schedule, epochs, batch_size, lr, channels,
+                deep_supervision, pruning, cascade, backend, seed,
+            )  # fmt: skip
+            if main:
+                log.info(
+                    "resuming %s after epoch %d of %d",
+                    model_store,
+                    state.epoch,
+                    config.total_epochs,
+                )
+                if stored.get("val") and val is None:
+                    log.warning(
+                        "the interrupted run validated on %s; give --val to keep doing so",
+                        stored["val"].get("path"),
+                    )
+        else:
+            if resume_path(model_store).exists() and not force:
+                raise OutputError(
+                    f"an interrupted run of {model_store} can be resumed "
+                    f"({resume_path(model_store)} exists)",
+                    "use --resume to continue it, or --force to start over",
+                )
+            check_output(model_store, force=force, inputs=inputs)
+            check_output(resume_path(model_store), force=True, inputs=inputs)
+            name = schedule if schedule != "auto" else f"cpu-{data.space_ndim}d"
+            sched = resolve_schedule(name, epochs=epochs, lr=lr, batch_size=batch_size)
+            if seed is None:
+                seed = int(np.random.SeedSequence().entropy % (2**31))
+            config = TrainConfig(
+                arch="sparse-deepstulm",
+                schedule=sched,
+                channels=channels,
+                deep_supervision=deep_supervision,
+                pruning=pruning,
+                cascade=cascade,
+                backend=backend,
+                seed=seed,
+            )
+    if world is not None and not resume:
+        config = replace(config, seed=world.first(config.seed))  # one drawn seed for all
+
+    from ulmtools.train.checkpoint import save_checkpoint
+    from ulmtools.train.loop import fit, new_state, peak_memory_mb
+
+    if state is None:
+        state = new_state(config, data.dimension, torch_device)
+    training: dict[str, Any] = {
+        "config": config.to_dict(),
+        "model": {},
+        "train": data.store.describe(),
+        "also": [st.describe() for st in data.stores[1:]] if also else [],
+        "val": val_data.store.describe() if val_data is not None else None,
+        "device": str(torch_device),
+        "dimension": data.dimension,
+        "grid": data.grid.to_attrs(),
+        "fine_grid": data.fine_grid.to_attrs(),
+    }
+    parameters: dict[str, Any] = {
+        "config": config.to_dict(),
+        "device": str(torch_device),
+        "resume": resume,
+    }
+    if world is not None:
+        training["processes"] = world.size
+        parameters["processes"] = world.size
+    stores = [*getattr(data, "stores", [data.store])]
+    entry = provenance_entry(
+        "train", parameters, stores + ([val_data.store] if val_data is not None else [])
+    )
+    prov = lineage(stores, entry)
+    if resume:
+        from ulmtools.models.store import info as model_info
+
+        # keep the interrupted run's own record: its command line and inputs
+        prov = [*model_info(resume_path(model_store)).provenance, entry]
+    total = config.total_epochs
+    write_force = [force or resume]
+    last_model_write = [time.perf_counter()]
+    start = time.perf_counter()
+    done_at_start = state.epoch
+
+    def on_epoch(st: Any, record: dict[str, Any]) -> None:
+        training["model"] = st.model.architecture_kwargs
+        complete = st.epoch >= total
+        now = time.perf_counter()
+        write_model = now - last_model_write[0] >= MODEL_WRITE_SECONDS
+        # process 0 writes; the others wait for it (and stop with it if it fails)
+        with world.together() if world is not None else contextlib.nullcontext():
+            if main:
+                save_checkpoint(
+                    model_store,
+                    st,
+                    config,
+                    training=training,
+                    provenance=prov,
+                    complete=complete,
+                    force=write_force[0],
+                    write_model=write_model,
+                    inputs=inputs,
+                )
+        if write_model or complete:
+            write_force[0] = True
+            last_model_write[0] = now
+        if not main:
+            return
+        elapsed = time.perf_counter() - start
+        per = elapsed / max(st.epoch - done_at_start, 1)
+        eta = per * (total - st.epoch)
+        val_text = f", val Dice {record['val_dice']:.4f}" if record["val_dice"] is not None else ""
+        loss = record["loss"]
+        log.info(
+            "epoch %d/%d: loss %s%s, %.1f s, peak %.0f MB, ETA %s",
+            st.epoch,
+            total,
+            f"{loss:.4f}" if loss is not None else "n/a",
+            val_text,
+            record["seconds"],
+            record["peak_memory_mb"],
+            _duration(eta),
+        )
+
+    def per_step(done: int, steps: int, message: str = "") -> None:
+        progress(done, steps, f"epoch {state.epoch + 1}/{total} {message}")
+
+    state = fit(
+        config,
+        data,
+        val=val_data,
+        device=torch_device,
+        state=state,
+        on_epoch=on_epoch,
+        progress=per_step if main else no_progress,
+        world=world,
+    )
+    last = state.history[-1] if state.history else {}
+    vals = [h["val_dice"] for h in state.history if h.get("val_dice") is not None]
+    peak = peak_memory_mb(torch_device)
+    if world is not None:
+        peak = world.max(peak)
+    if not main:
+        return None
+    result: dict[str, Any] = {
+        "output": str(model_store),
+        "architecture": config.arch,
+        "parameters": state.model.num_parameters(),
+        "dimension": data.dimension,
+        "epochs": state.epoch,
+        "schedule": config.schedule.name,
+        "loss": last.get("loss"),
+        "val_dice": last.get("val_dice"),
+        "best_val_dice": max(vals) if vals else None,
+        "seconds": round(sum(h["seconds"] for h in state.history), 3),
+        "peak_memory_mb": round(peak, 1),
+        "device": str(torch_device),
+        "seed": config.seed,
+    }
+    if world is not None:
+        result["processes"] = world.size
+    return result
+
+
+def _train_mask_cnn(
+    train_store: Path,
+    model_store: Path,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    channels: int,
+    seed: int | None,
+    device: str,
+    force: bool,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    """``--arch mask-cnn``: train the learned mask of ``ulm sparsify --method mask``."""
+    import numpy as np
+
+    from ulmtools.device import resolve_device
+    from ulmtools.models.mask_cnn import MaskTrainConfig, train_mask_cnn
+    from ulmtools.models.store import save_model
+    from ulmtools.store import check_output, lineage, open_store, provenance_entry
+    from ulmtools.train.config import check_channels, check_epochs, check_lr
+
+    overrides = {"epochs": epochs, "batch": batch_size, "lr": lr, "channels": channels}
+    for name, value in overrides.items():
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise UsageError(f"--{name.replace('batch', 'batch-size')} must be positive")
+    if epochs is not None:
+        check_epochs(epochs)
+    if lr is not None:
+        check_lr(lr)
+    check_channels(channels, even=False)
+    src = open_store(train_store, "image")
+    check_output(model_store, force=force, inputs=[train_store])
+    torch_device = resolve_device(device)
+    config = MaskTrainConfig()
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(
+        config, seed=int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed
+    )
+    start = time.perf_counter()
+    model, history = train_mask_cnn(src, config, device=torch_device, progress=progress)
+    entry = provenance_entry(
+        "train",
+        {"arch": "mask-cnn", "config": config.to_dict(), "device": str(torch_device)},
+        [src],
+    )
+    # the summary is made before the model is written: a failure in it leaves no model
+    last = history[-1] if history else {}
+    result = {
+        "output": str(model_store),
+        "architecture": "mask-cnn",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": config.epochs,
+        "loss": last.get("loss"),
+        "dice": last.get("dice"),
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(torch_device),
+        "seed": config.seed,
+    }
+    save_model(
+        model_store,
+        model,
+        training={
+            "config": config.to_dict(),
+            "complete": True,
+            "device": str(torch_device),
+            "train": src.describe(),
+        },
+        history=history,
+        provenance=lineage([src], entry),
+        force=force,
+        inputs=[train_store],
+    )
+    return result
+
+
+def _train_baseline(
+    arch: str,
+    train_store: Path,
+    model_store: Path,
+    *,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    channels: int,
+    seed: int | None,
+    device: str,
+    input_mask: Path | None,
+    input_threshold: float | None,
+    force: bool,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    """``--arch deepstulm|mspcn``: train a dense baseline on an image store."""
+    import numpy as np
+
+    from ulmtools.device import resolve_device
+    from ulmtools.models.store import save_model
+    from ulmtools.store import check_output, lineage, provenance_entry
+    from ulmtools.train.baselines import BaselineTrainConfig, ImageMovies, train_baseline
+    from ulmtools.train.config import check_channels, check_epochs, check_lr
+
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if epochs is not None:
+        check_epochs(epochs)
+    if lr is not None:
+        check_lr(lr)
+    check_channels(channels)
+    if input_mask is not None and input_threshold is not None:
+        raise UsageError("give --input-mask or --input-threshold, not both")
+    data = ImageMovies(
+        train_store,
+        need_truth=True,
+        input_threshold=input_threshold,
+        input_mask=input_mask,
+        arch=arch,
+    )
+    inputs = [train_store] + ([input_mask] if input_mask is not None else [])
+    check_output(model_store, force=force, inputs=inputs)
+    torch_device = resolve_device(device)
+    config = BaselineTrainConfig(arch=arch, channels=channels)
+    overrides = {"epochs": epochs, "batch": batch_size, "lr": lr}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(
+        config, seed=int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed
+    )
+    start = time.perf_counter()
+    model, history = train_baseline(data, config, device=torch_device, progress=progress)
+    sources = [data.store] + ([data.mask.store] if data.mask is not None else [])
+    entry = provenance_entry(
+        "train",
+        {
+            "arch": arch,
+            "config": config.to_dict(),
+            "input_masking": data.masking,
+            "device": str(torch_device),
+        },
+        sources,
+    )
+    last = history[-1] if history else {}
+    result: dict[str, Any] = {
+        "output": str(model_store),
+        "architecture": arch,
+        "parameters": model.num_parameters(),
+        "dimension": 3,
+        "epochs": config.epochs,
+        "input_masking": data.masking,
+        "loss": last.get("loss"),
+        "dice": last.get("dice"),
+        "seconds": round(time.perf_counter() - start, 3),
+        "peak_memory_mb": round(max(h["peak_memory_mb"] for h in history), 1),
+        "device": str(torch_device),
+        "seed": config.seed,
+    }
+    save_model(
+        model_store,
+        model,
+        training={
+            "config": config.to_dict(),
+            "complete": True,
+            "device": str(torch_device),
+            "train": data.store.describe(),
+            "input_masking": data.masking,
+            "grid": data.grid.to_attrs(),
+            "fine_grid": data.fine_grid.to_attrs(),
+        },
+        history=history,
+        provenance=lineage(sources, entry),
+        force=force,
+        inputs=inputs,
+    )
+    return result
+
+
+def _check_same(
+    config: Any,
+    stored: dict[str, Any],
+    data: Any,
+    schedule: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    channels: int,
+    deep_supervision: bool,
+    pruning: bool,
+    cascade: bool,
+    backend: str,
+    seed: int | None,
+) -> None:
+    """With --resume the stored configuration rules; refuse flags that contradict it."""
+    if stored.get("train", {}).get("id") not in (None, data.store.id):
+        raise UsageError(
+            "--resume needs the same training store as the interrupted run",
+            f"it trained on {stored['train'].get('path')}",
+        )
+    s = config.schedule
+    clashes = []
+    if schedule not in ("auto", s.name):
+        clashes.append(f"--schedule {schedule} (stored {s.name})")
+    if epochs is not None and epochs != s.epochs:
+        clashes.append(f"--epochs {epochs} (stored {s.epochs})")
+    if batch_size is not None and s.batch_size != ((0, batch_size),):
+        clashes.append(f"--batch-size {batch_size}")
+    if lr is not None and abs(lr - s.lr[0][1]) > 1e-12 * max(lr, 1):
+        clashes.append(f"--lr {lr} (stored {s.lr[0][1]})")
+    if channels != 16 and channels != config.channels:
+        clashes.append(f"--channels {channels} (stored {config.channels})")
+    for flag, given, have in (
+        ("--deep-supervision", deep_supervision, config.deep_supervision),
+        ("--pruning", pruning, config.pruning),
+        ("--cascade", cascade, config.cascade),
+    ):
+        if given and not have:
+            clashes.append(f"{flag} (not in the stored run)")
+    if backend != "builtin" and backend != config.backend:
+        clashes.append(f"--backend {backend} (stored {config.backend})")
+    if seed is not None and seed != config.seed:
+        clashes.append(f"--seed {seed} (stored {config.seed})")
+    if clashes:
+        raise UsageError(
+            "--resume continues with the stored configuration; these options differ: "
+            + "; ".join(clashes),
+            "drop them, or start a new run",
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _refuse(given: dict[str, bool], arch: str, takes: str) -> None:
+    """A usage error naming every option given that ``--arch ARCH`` does not take."""
+    unused = [flag for flag, on in given.items() if on]
+    if unused:
+        raise UsageError(
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to "
+            f"--arch {arch}",
+            takes,
+        )
