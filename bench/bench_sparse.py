@@ -1,13 +1,16 @@
 """Sparse engine benchmark: a Sparse Deep-stULM training step, built-in vs MinkowskiEngine.
 
-Run ``python bench/bench_sparse.py`` (``make bench`` runs every bench file).  For
-each case (2D+t movie with D=3 convs, 3D+t movie with D=4 convs), backend and
-thread count, a fresh worker process builds the same network with the same
-seed (so the same weights) and the same synthetic movie, then times
+Run ``python bench/bench_sparse.py`` (``make bench`` runs every bench file).  The
+network is the one ``ulm train`` trains and ``ulm infer`` runs
+(``ulmtools.models.SparseDeepStulm``, the paper's width 16, with the intermediate
+classifiers), on the input path ``ulm train`` uses (``make_input``).  For each case
+(2D+t movie with D=3 convs, 3D+t movie with D=4 convs), backend and thread count, a
+fresh worker process builds the same network with the same seed (so the same
+weights) and the same synthetic movie, then times
 
-* ``train``: forward + backward + Adam step of the whole network,
-* ``hires``: forward + backward of the three generative high-resolution levels
-  and the output head alone (their input computed once without gradients),
+* ``train``: forward + backward + Adam step of the whole network with the training
+  loss (soft Dice of the final map and of each classifier, as ``ulm train``), and,
+  within its forward, the three generative high-resolution levels (``hires_fwd_s``),
 * ``infer``: forward without gradients,
 
 and reports medians and the worker's peak RSS.  Each (backend, threads) pair
@@ -48,36 +51,43 @@ def _worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
-    from ulmtools import sparse as sp
-    from ulmtools.sparse.blocks import DeepStULMSketch, count_parameters, soft_dice_loss
+    from ulmtools.models.deepstulm import HR_LEVELS, SparseDeepStulm
     from ulmtools.sparse.synthetic import synthetic_movie
+    from ulmtools.train.loss import pooled_targets, sparse_dice_loss
 
     d, grid, frames, bubbles, sigma, thr = json.loads(args.case)
-    coords, feats, stride = synthetic_movie(
+    coords, feats, _ = synthetic_movie(
         tuple(grid), frames, bubbles, sigma=sigma, threshold=thr, seed=1
     )
+    # (batch, *space x 8, t) -> one movie's pixel coordinates (t, *space), as stored
+    pixels = torch.cat([coords[:, -1:], coords[:, 1:-1] // 8], dim=1)
+    # a track-like target on the x8 grid: every fine pixel under an active input pixel
+    fine = torch.zeros((1, *(g * 8 for g in grid)), dtype=torch.bool)
+    fine[(torch.zeros(len(pixels), dtype=torch.long), *(pixels[:, 1:].long() * 8 + 4).T)] = True
+    pooled = pooled_targets(fine, [8 >> i for i in range(HR_LEVELS)])
     backends = args.backend.split(",")
     torch.manual_seed(0)
-    net0 = DeepStULMSketch(d, prune=args.prune)
+    net0 = SparseDeepStulm(dimension=d, deep_supervision=True, pruning=args.prune)
     # one copy of the same initial weights per backend, each with its own optimiser
     nets = {b: copy.deepcopy(net0) for b in backends}
     opts = {b: torch.optim.Adam(nets[b].parameters(), lr=1e-3) for b in backends}
     del net0
-
-    def make_input(b: str) -> sp.SparseTensor:
-        return sp.sparse_tensor(coords, feats, stride, backend=b, check=False)
+    hires: list[float] = []
+    for net in nets.values():
+        for block in net.hr:
+            block.register_forward_pre_hook(lambda *_: hires.append(-time.perf_counter()))
+            block.register_forward_hook(lambda *_: hires.append(time.perf_counter()))
 
     def train_step(b: str) -> dict:
         net, opt = nets[b], opts[b]
+        hires.clear()
         t0 = time.perf_counter()
-        out = net(make_input(b))
+        out = net(net.make_input([pixels], [feats], backend=b))
         t1 = time.perf_counter()
-        pred = out.prediction
-        c = pred.coords.double()
-        target = (torch.sin(c[:, 1] * 0.37 + c[:, 2] * 0.11) > 0.6).float()
-        loss = soft_dice_loss(pred.feats[:, 0], target)
-        for m in out.level_maps:
-            loss = loss + 0.1 * m.feats.mean()  # stand-in for the deep-supervision terms
+        hr = sum(hires)
+        loss = sparse_dice_loss(out.final, fine)
+        for logits in out.levels:
+            loss = loss + sparse_dice_loss(logits, pooled[logits.tensor_stride[1]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = time.perf_counter()
@@ -85,31 +95,21 @@ def _worker(args: argparse.Namespace) -> None:
         t3 = time.perf_counter()
         return {
             "fwd": t1 - t0,
+            "hires_fwd": hr,
             "bwd": t2 - t1,
             "total": t3 - t0,
-            "out_sites": pred.num_sites,
-            "level_sites": [m.num_sites for m in out.level_maps],
+            "out_sites": out.final.num_sites,
+            "level_sites": [lv.num_sites for lv in out.levels],
         }
-
-    def hires_step(b: str) -> dict:
-        net = nets[b]
-        x = make_input(b)
-        with torch.no_grad():
-            low = net.low_res(x)
-        low = low.replace_feats(low.feats.detach().requires_grad_(True))
-        t0 = time.perf_counter()
-        out = net.high_res(low)
-        loss = out.prediction.feats.sum() + sum(m.feats.sum() for m in out.level_maps)
-        loss.backward()
-        return {"total": time.perf_counter() - t0}
 
     def infer_step(b: str) -> dict:
         t0 = time.perf_counter()
         with torch.no_grad():
-            nets[b](make_input(b))
+            net = nets[b]
+            net(net.make_input([pixels], [feats], backend=b))
         return {"total": time.perf_counter() - t0}
 
-    fn = {"train": train_step, "hires": hires_step, "infer": infer_step}[args.mode]
+    fn = {"train": train_step, "infer": infer_step}[args.mode]
     for net in nets.values():
         net.train(args.mode != "infer")
     runs: dict[str, list[dict]] = {b: [] for b in backends}
@@ -126,13 +126,13 @@ def _worker(args: argparse.Namespace) -> None:
             "backend": b,
             "threads": args.threads,
             "sites": int(coords.shape[0]),
-            "params": count_parameters(nets[b]),
+            "params": nets[b].num_parameters(),
             "median_s": statistics.median(r["total"] for r in rb),
             "min_s": min(r["total"] for r in rb),
             "runs": len(rb),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-        for key in ("fwd", "bwd"):
+        for key in ("fwd", "hires_fwd", "bwd"):
             if key in rb[0]:
                 result[key + "_s"] = statistics.median(r[key] for r in rb)
         for key in ("out_sites", "level_sites"):
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--backends", nargs="+", default=["builtin", "minkowski"])
     p.add_argument("--thread-counts", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--modes", nargs="+", default=["train", "hires", "infer"])
+    p.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     p.add_argument("--infer-3d", action="store_true", help="also time 3D+t inference")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -226,13 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     r["case"] = name
                     results.append(r)
+                    hr = (
+                        f", high-res levels' forward {r['hires_fwd_s']:.3f} s"
+                        if ("hires_fwd_s" in r)
+                        else ""
+                    )
                     print(
                         f"  {name:5s} {mode:5s} {r['backend']:9s} {threads}t  "
-                        f"{r['median_s']:.3f} s (median of {r['runs']})",
+                        f"{r['median_s']:.3f} s (median of {r['runs']}){hr}",
                         file=sys.stderr,
                     )
-            if mode == "hires":
-                continue  # its memory is part of the training step's
             # peak memory: one step per backend in a fresh process (1 thread)
             for b in backends:
                 for r in _run_worker(cases[name], [b], 1, mode, 1, 0, ns):

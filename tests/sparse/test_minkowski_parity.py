@@ -198,23 +198,26 @@ def test_empty_input_is_refused_cleanly() -> None:
         )
 
 
-@pytest.mark.parametrize("d,grid,frames", [(3, (8, 8), 64), (4, (4, 4, 4), 32)])
-def test_whole_network_parity(d, grid, frames) -> None:
-    """The Deep-stULM-shaped network, end to end, outputs and every parameter gradient."""
-    from ulmtools.sparse.blocks import DeepStULMSketch
+@pytest.mark.parametrize(
+    "d,grid,frames,pruning",
+    [(3, (8, 8), 64, False), (4, (4, 4, 4), 32, False), (3, (8, 8), 64, True)],
+)
+def test_whole_network_parity(d, grid, frames, pruning) -> None:
+    """Sparse Deep-stULM as users run it (``ulmtools.models``), end to end: outputs,
+    input gradients and every parameter gradient."""
+    from ulmtools.models.deepstulm import SparseDeepStulm
     from ulmtools.sparse.synthetic import synthetic_movie
 
-    coords, feats, stride = synthetic_movie(grid, frames, 3, seed=3)
+    coords, feats, _ = synthetic_movie(grid, frames, 3, seed=3)
     assert len(coords) > 50
+    # (batch, *space, t) -> the network's (batch, t, *space), stride 8 in space
+    coords = torch.cat([coords[:, :1], coords[:, -1:], coords[:, 1:-1]], dim=1)
     torch.manual_seed(0)
-    net = DeepStULMSketch(d).double()
+    net = SparseDeepStulm(dimension=d, channels=8, deep_supervision=True, pruning=pruning).double()
 
     def build(x, mod):
         out = mod(x)
-        maps = out.level_maps
-        # fold the deep-supervision maps into the loss through the prediction's sites
-        return out.prediction.replace_feats(
-            out.prediction.feats + sum(m.feats.mean() for m in maps)
-        )
+        # fold the classifiers' maps into the loss through the final map's sites
+        return out.final.replace_feats(out.final.feats + sum(lv.feats.mean() for lv in out.levels))
 
-    _parity(build, coords, feats.double(), stride, net)
+    _parity(build, coords, feats.double(), net.input_stride, net)
