@@ -82,7 +82,9 @@ def train(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", help="Movies per step (all epochs).", show_default="schedule's"
+            "--batch-size",
+            help="Movies per step (all epochs; under torchrun, over all processes).",
+            show_default="schedule's",
         ),
     ] = None,
     lr: Annotated[

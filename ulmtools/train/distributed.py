@@ -333,7 +333,9 @@ class World:
         )
         self._ddp = DistributedDataParallel(
             _Loss(model, self, config),
-            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # inputs are made on the device already; DDP need not move (or look into)
+            # the sparse tensors
+            device_ids=None,
             # cascaded learning leaves the finer levels out of its first epochs
             find_unused_parameters=config.cascade,
             **no_sync,
