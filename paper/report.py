@@ -142,8 +142,12 @@ def _sets(score_path: Path) -> dict[str, dict[str, Any]]:
         raise SystemExit(f"report: {score_path} is missing (run the pipeline first)")
     out: dict[str, dict[str, Any]] = {}
     for m in score["methods"]:
-        store = score_path.parent / Path(m["path"]).relative_to(score_path.parent)
-        d, name = store.parent, store.name.removesuffix(".zarr")
+        # the store's folder: the score's own, or a subfolder of it (paths as given to
+        # ulm score, relative or not, so the output folder may have moved since)
+        folder, store = Path(m["path"]).parts[-2:]
+        here = score_path.parent
+        d = here if folder == here.name else here / folder
+        name = store.removesuffix(".zarr")
         one = out.setdefault(d.name, {"movies": score.get("movies"), "methods": {}})
         entry = _method_entry(m)
         summary = _load(d / f"{name}.json") or {}
@@ -299,7 +303,7 @@ class Figures:
         paper: dict[str, list[tuple[float, float]]],
         logx: bool = False,
     ) -> str:
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = self.plt.subplots(figsize=(9.6, 4.2))
         colors = {}
         for i, (label, pts) in enumerate(ours.items()):
             if not pts:
@@ -315,11 +319,14 @@ class Figures:
             ax.plot(xs, ys, "s--", mfc="none", color=color, label=f"{label} (paper)")
         if logx:
             ax.set_xscale("log")
+            xs = sorted({x for c in (ours, paper) for pts in c.values() for x, _ in pts})
+            if 0 < len(xs) <= 8:
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return self.save(fig, name)
 
 
@@ -460,7 +467,7 @@ def render(res: dict[str, Any], out: Path) -> str:
             )
         epochs = models.get("t2-base", {}).get("epochs")
         w(
-            f"Each variant trained here for {epochs} epochs (cascade: one more per intermediate "
+            f"Each variant trained here for {epochs} epoch(s) (cascade: one more per intermediate "
             f"level) on the same store, scored on the 2D {ref2d_name[1:]} MB/FOV tree set. The "
             "3D columns are the paper's only: 3D variants are not trained by this pipeline.\n"
         )
@@ -849,11 +856,17 @@ def findings(res: dict[str, Any]) -> list[list[str]]:
         )
     cs = _sorted_sets(tree2d)
     if len(cs) >= 2 and "trackN" in cs[0][1]["methods"]:
+        c0, c1 = cs[0][0], cs[-1][0]
+        p_ulm, p_sp = PAPER["fig4_2d"]["ulm"], PAPER["fig4_2d"]["sparse"]
+
+        def span(p: dict[float, float]) -> str:
+            return f"{paper_val(p.get(c0))} -> {paper_val(p.get(c1))} %"
+
         lo, hi = cs[0][1]["methods"]["trackN"]["dice"], cs[-1][1]["methods"]["trackN"]["dice"]
         rows.append(
             [
-                f"conventional ULM degrades with concentration ({cs[0][0]:g} -> {cs[-1][0]:g})",
-                "71.4 -> 55.9 %",
+                f"conventional ULM degrades with concentration ({c0:g} -> {c1:g} MB/FOV)",
+                span(p_ulm),
                 f"{100 * lo:.1f} -> {100 * hi:.1f} %",
                 yes(hi < lo),
             ]
@@ -861,9 +874,9 @@ def findings(res: dict[str, Any]) -> list[list[str]]:
         slo, shi = cs[0][1]["methods"]["sparse"]["dice"], cs[-1][1]["methods"]["sparse"]["dice"]
         rows.append(
             [
-                "sparse is robust to concentration (loses less than ULM)",
-                "74.4 -> 68.0 % (ULM -15.5)",
-                f"{100 * slo:.1f} -> {100 * shi:.1f} % (ULM {100 * (hi - lo):+.1f})",
+                f"sparse loses less than ULM with concentration ({c0:g} -> {c1:g} MB/FOV)",
+                f"{span(p_sp)} (ULM {span(p_ulm)})",
+                f"{100 * slo:.1f} -> {100 * shi:.1f} % (ULM {100 * lo:.1f} -> {100 * hi:.1f} %)",
                 yes((shi - slo) > (hi - lo)),
             ]
         )
@@ -912,12 +925,16 @@ def findings(res: dict[str, Any]) -> list[list[str]]:
             )
     noise = sets.get("noise", {})
     ns = _sorted_sets(noise)
+    if ref is not None:
+        ns = [(0.0, ref), *ns]  # sigma 0: the noise-free set (the paper's Table I value)
     if len(ns) >= 2 and "sparse" in ns[0][1]["methods"]:
+        pn = {0.0: PAPER["table1_2d"]["sparse"]["dice"], **PAPER["fig6"]["sparse"]}
+        s0, s1 = ns[0][0], ns[-1][0]
         a, b = ns[0][1]["methods"]["sparse"]["dice"], ns[-1][1]["methods"]["sparse"]["dice"]
         rows.append(
             [
-                f"sparse is robust to noise (sigma {ns[0][0]:g} -> {ns[-1][0]:g})",
-                "73.9 -> 73.1 %",
+                f"sparse is robust to noise (sigma {s0:g} -> {s1:g}: at most 1 point lost)",
+                f"{paper_val(pn.get(round(s0, 2)))} -> {paper_val(pn.get(round(s1, 2)))} %",
                 f"{100 * a:.1f} -> {100 * b:.1f} %",
                 yes(b >= a - 0.01),
             ]
