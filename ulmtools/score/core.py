@@ -83,6 +83,8 @@ class Reconstruction:
             raise InputError(
                 f"{self.path}/coords has {coords.shape[1]} columns for a {self.grid.ndim}-D grid"
             )
+        if len(feats) == 0:  # an empty movie (e.g. a model that found nothing): an empty map
+            return out
         hit = coords[feats.reshape(len(feats), -1)[:, 0] > MAP_THRESHOLD]
         if len(hit) and (hit.min() < 0 or np.any(hit.max(axis=0) >= np.asarray(self.grid.shape))):
             raise InputError(f"{self.path}/coords holds indices outside its grid {self.grid.shape}")
