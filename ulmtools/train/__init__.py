@@ -3,8 +3,10 @@
 :mod:`.config` holds the named schedules and the frozen run configuration,
 :mod:`.data` reads movies and fine-grid targets from a ``sparse`` store,
 :mod:`.loss` the soft Dice on sparse predictions, :mod:`.loop` the Adam loop
-with validation, and :mod:`.checkpoint` the model store written each epoch
-and the resume state.
+with validation, :mod:`.checkpoint` the model store written each epoch
+and the resume state, :mod:`.distributed` training on several processes under
+torchrun, and :mod:`.run` the whole of ``ulm train`` as one call
+(:func:`ulmtools.train.run.train`).
 """
 
 from ulmtools.train.config import SCHEDULES, Schedule, TrainConfig, resolve_schedule
