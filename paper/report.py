@@ -354,6 +354,11 @@ def render(res: dict[str, Any], out: Path) -> str:
         "Dice in percent, angiogram Dice (each movie's map > 0.5, summed, binarized) unless said.\n"
     )
     w(
+        "The paper's numbers are transcribed in `paper/report.py` (`PAPER`, each checked "
+        "against the paper file by `tests/test_paper.py`)"
+        + (f"; paper file: `{res['paper_file']}`.\n" if res.get("paper_file") else ".\n")
+    )
+    w(
         "Test sets: vessel network 111 (2D trees), 112 (2D random trajectories), 113 (3D trees), "
         "never used to train, validate or tune anything. Models trained here (the baselines, "
         "the mask CNN and the Table II variants) saw one store of network 31 only "
