@@ -12,6 +12,8 @@
 #                  minutes); PY=python3 uses an environment that already has the dependencies
 #   make weights   retrain the pretrained models shipped in ulmtools/weights (~90 min, 2 CPU cores;
 #                  resumable; WEIGHTS_3D=0 skips 3D, SCHEDULE=paper-2d DEVICE=cuda on a GPU)
+#   make paper     the reference paper's tables and figures into build/paper/SIZE/report.md
+#                  (SIZE=cpu ~2-3 h on 2 cores, tiny ~3 min, gpu the paper's sizes; -j2, resumable)
 #
 # On a GPU server, install a CUDA build of torch instead of the CPU one:
 #   make install TORCH_SPEC='torch>=2.4'
@@ -23,7 +25,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format bench demo demo-3d clean minkowski weights gpu-check
+.PHONY: install test test-all lint format bench demo demo-3d clean minkowski weights gpu-check paper
 
 install: $(STAMP)
 
@@ -65,6 +67,10 @@ minkowski: install
 
 weights: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/make-weights.sh
+
+# SIZE=tiny|cpu|gpu, OUT=dir; make's -j and other variables pass through to paper/Makefile
+paper: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(MAKE) -f paper/Makefile PY="$(abspath $(PY))"
 
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
