@@ -631,6 +631,12 @@ def render(res: dict[str, Any], out: Path) -> str:
             logx=True,
         )
         w(f"![Fig. 8]({f8})\n")
+        total = next(iter(d2s.values())).get("sparsify", {}).get("sites_per_movie")
+        if total:
+            w(
+                f"Active sites per movie out of {total} (the paper's 512-frame 2D movies have "
+                "524288, so its site counts compare with ours only at 512 frames).\n"
+            )
         w(
             "The shipped sparse model sees every kept site (`ulm infer --input-threshold none`; "
             "it was trained on sites above 0.25); the dense model with masked input is the one "
