@@ -42,6 +42,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,12 @@ class ProcessExecutor(Executor):
             yield from _ordered(
                 lambda u: pool.submit(_process_call, u), Future.result, units, 2 * self.workers
             )
+        except BrokenProcessPool:
+            stop_workers(pool)
+            raise BackendError(
+                "a worker process died (killed, or out of memory) while running movies",
+                "rerun with fewer --workers, or see the system log",
+            ) from None
         except BaseException:
             stop_workers(pool)
             raise
@@ -387,7 +394,8 @@ def _dask_call(task: Callable[[Any], Any], unit: Any) -> Any:
 
 def _import_distributed() -> Any:
     try:
-        import distributed
+        # through dask, whose extra (dask[distributed]) is what the cluster extra declares
+        import dask.distributed as distributed
     except ImportError:
         raise BackendError(
             "the Dask executor needs dask and distributed, which are not installed",
@@ -480,7 +488,7 @@ class DaskExecutor(Executor):
         def result(fut: Any) -> Any:
             try:
                 return fut.result()
-            except distributed.scheduler.KilledWorker as exc:
+            except distributed.KilledWorker as exc:
                 raise BackendError(
                     f"a Dask worker died while running {fut.key}: {exc}",
                     "check the workers' logs (memory limits) and rerun",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from ulmtools import __version__, interrupts
@@ -75,7 +76,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    state.console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: an error naming e.g. 'ulm-toolchain[cluster]' is text, not rich markup
+    state.console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return code
 
 

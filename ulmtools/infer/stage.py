@@ -117,6 +117,9 @@ class InferTask:
     min_power: float | None = None
     input_threshold: float | None = None
     input_mask: str | None = None
+    #: torch's CPU threads: its reductions round differently with another count, so every
+    #: worker uses the driving process's count and any executor gives the same bytes
+    threads: int = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -149,6 +152,10 @@ class InferTask:
         return opened
 
     def __call__(self, unit: list[int]) -> list[dict[str, Any]]:
+        import torch
+
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         net, data, device = self._open()
         t0 = time.perf_counter()
         if self.dense:
@@ -196,6 +203,10 @@ class InferStage(MovieStage):
     kind = "prediction"
 
     def __init__(self, task: InferTask, net: Any, data: Any, device: Any) -> None:
+        import torch
+
+        if not task.threads:
+            task.threads = torch.get_num_threads()
         self.proto = task
         self.net, self.data, self.device = net, data, device
         self.config = task.config
