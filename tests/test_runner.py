@@ -148,6 +148,19 @@ def test_sparsify_local_dask_cluster_processes_and_cli(data, cli, tmp_path) -> N
     same_store(a, d)
 
 
+def test_a_scheduler_file_names_the_cluster(data, cluster, cli, tmp_path) -> None:
+    with dd.Client(cluster) as client:
+        client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    api.sparsify(data["img"], a, method="topk", k=50)
+    r = cli(
+        "sparsify", data["img"], b, "--method", "topk", "--k", 50,
+        "--dask-scheduler", tmp_path / "scheduler.json", "-q",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    same_store(a, b)
+
+
 def test_infer_dask_and_cli_match_serial(data, cluster, cli, tmp_path) -> None:
     a, b, c = (tmp_path / f"{k}.zarr" for k in "abc")
     serial = api.infer("shipped:2d", data["sp"], a, batch_size=2)

@@ -853,11 +853,12 @@ def train(
     force: bool = False,
     progress: ProgressCallback | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """``ulm train``: train a network on ``train_store`` (and ``also``), write ``model_store``.
 
     ``options`` are ``ulm train``'s long options (``arch``, ``epochs``, ``batch_size``,
-    ``lr``, ``seed``, ``device``, ...); see :func:`ulmtools.train.run.train`.
+    ``lr``, ``seed``, ``device``, ...); see :func:`ulmtools.train.run.train`. Returns
+    the summary ``ulm train --json`` prints (None in a torchrun process other than 0).
     """
     from ulmtools.train.run import train as run_train
 

@@ -523,7 +523,10 @@ class DaskExecutor(Executor):
                 return
             if not any(k in keys for ks in processing.values() for k in ks):
                 # a task past the scheduler's view may still be on a worker's thread
-                running = client.run(_running_keys)
+                try:
+                    running = client.run(_running_keys)
+                except Exception:
+                    return
                 if not any(k in keys for ks in running.values() for k in ks):
                     return
             time.sleep(0.05)

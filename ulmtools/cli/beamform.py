@@ -16,7 +16,6 @@ from ulmtools.cli.options import (
     OutputStore,
     Quiet,
     Verbose,
-    Workers,
 )
 
 
@@ -105,7 +104,15 @@ def beamform(
             show_default=False,
         ),
     ] = None,
-    workers: Workers = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Compute threads per movie; 0 uses every core. With --dask: the number of "
+            "Dask workers, each beamforming one movie at a time on one thread.",
+        ),
+    ] = 0,
     dask: Dask = False,
     dask_scheduler: DaskScheduler = None,
     force: Force = False,

@@ -63,6 +63,8 @@ def setup(*, verbose: bool = False, quiet: bool = False) -> None:
         )
     root.addHandler(handler)
     root.propagate = False
+    # Dask's own INFO and WARNING lines (workers starting, closing) are not ours to show
+    logging.getLogger("distributed").setLevel(logging.INFO if state.verbose else logging.ERROR)
     if state.verbose:
         root.setLevel(logging.DEBUG)
     elif state.quiet:

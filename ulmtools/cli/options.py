@@ -56,7 +56,10 @@ Device = Annotated[
 Workers = Annotated[
     int,
     typer.Option(
-        "--workers", min=0, help="Worker processes; 0 uses every core, 1 works in-process."
+        "--workers",
+        min=0,
+        help="Worker processes over movies; 0 uses every core, 1 works in-process. With "
+        "--dask: the number of Dask workers.",
     ),
 ]
 Dask = Annotated[
