@@ -16,7 +16,11 @@
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
-#   WEIGHTS_3D=0                 skip the 3D model
+#   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
+#   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core):
+#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1; on a GPU server the paper's
+#                                schedule: SCHEDULE_3D=paper-3d (width 16, batch 2 then 4)
+#   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -39,10 +43,37 @@ else
     CHANNELS=${CHANNELS:-16}
     BATCH=${BATCH:-2}
 fi
+WEIGHTS_2D=${WEIGHTS_2D:-1}
 WEIGHTS_3D=${WEIGHTS_3D:-1}
+SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
+TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28}
+CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
+MOVIES_3D=${MOVIES_3D:-2}
+FRAMES_3D=${FRAMES_3D:-128}
+VAL_NET_3D=${VAL_NET_3D:-42}
+if [ "$SCHEDULE_3D" = paper-3d ]; then
+    EPOCHS_3D=${EPOCHS_3D:-20}
+    CHANNELS_3D=${CHANNELS_3D:-16}
+    BATCH_3D=${BATCH_3D:-}
+else
+    EPOCHS_3D=${EPOCHS_3D:-20}
+    CHANNELS_3D=${CHANNELS_3D:-8}
+    BATCH_3D=${BATCH_3D:-1}
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
 echo "working in $WORK" >&2
+
+# Put a model card (the text 'ulm info shipped:2d|3d' prints) into a model store.
+set_card() { # model-store card-file
+    python - "$1" "$2" <<'PY'
+import sys
+
+import zarr
+
+zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
+PY
+}
 
 # A 2D sparse store: simulate (channel level) -> beamform -> sparsify, made once.
 sparse2d() { # name network-seed concentration movies seed
@@ -57,53 +88,75 @@ sparse2d() { # name network-seed concentration movies seed
     mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
 }
 
-train2d=()
-for net in $TRAIN_NETS; do
-    for c in $CONCENTRATIONS; do
-        sparse2d "train2d-n$net-c$c" "$net" "$c" "$MOVIES" "$((net * 100 + ${c%.*}))"
-        train2d+=("$WORK/train2d-n$net-c$c.zarr")
+if [ "$WEIGHTS_2D" != 0 ]; then
+    train2d=()
+    for net in $TRAIN_NETS; do
+        for c in $CONCENTRATIONS; do
+            sparse2d "train2d-n$net-c$c" "$net" "$c" "$MOVIES" "$((net * 100 + ${c%.*}))"
+            train2d+=("$WORK/train2d-n$net-c$c.zarr")
+        done
     done
-done
-sparse2d val2d "$VAL_NET" 5 4 "$((VAL_NET * 100 + 50))"
+    sparse2d val2d "$VAL_NET" 5 4 "$((VAL_NET * 100 + 50))"
 
-also=()
-for s in "${train2d[@]:1}"; do also+=(--also "$s"); done
-model2d="$WORK/deepstulm-2d.zarr"
-resume=()
-[ -d "$model2d.resume.zarr" ] && resume=(--resume)
-if [ -n "${resume[*]}" ] || [ ! -d "$model2d" ]; then
-    ulm train "${train2d[0]}" "$model2d" "${also[@]}" --val "$WORK/val2d.zarr" \
-        --schedule "$SCHEDULE" --epochs "$EPOCHS" --channels "$CHANNELS" --batch-size "$BATCH" \
-        --seed 0 --device "$DEVICE" --force "${resume[@]}"
-fi
-rm -rf "$OUT/deepstulm-2d.zarr"
-cp -r "$model2d" "$OUT/deepstulm-2d.zarr"
-# the model card 'ulm info shipped:2d' prints: recipe and held-out results, measured
-CARD2D=${CARD2D:-ulmtools/weights/deepstulm-2d.card.txt}
-if [ -f "$CARD2D" ]; then
-    python - "$OUT/deepstulm-2d.zarr" "$CARD2D" <<'PY'
-import sys
-
-import zarr
-
-zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
-PY
+    also=()
+    for s in "${train2d[@]:1}"; do also+=(--also "$s"); done
+    model2d="$WORK/deepstulm-2d.zarr"
+    resume=()
+    [ -d "$model2d.resume.zarr" ] && resume=(--resume)
+    if [ -n "${resume[*]}" ] || [ ! -d "$model2d" ]; then
+        ulm train "${train2d[0]}" "$model2d" "${also[@]}" --val "$WORK/val2d.zarr" \
+            --schedule "$SCHEDULE" --epochs "$EPOCHS" --channels "$CHANNELS" --batch-size "$BATCH" \
+            --seed 0 --device "$DEVICE" --force "${resume[@]}"
+    fi
+    rm -rf "$OUT/deepstulm-2d.zarr"
+    cp -r "$model2d" "$OUT/deepstulm-2d.zarr"
+    # the model card 'ulm info shipped:2d' prints: recipe and held-out results, measured
+    CARD2D=${CARD2D:-ulmtools/weights/deepstulm-2d.card.txt}
+    [ -f "$CARD2D" ] && set_card "$OUT/deepstulm-2d.zarr" "$CARD2D"
+    ulm info "$OUT/deepstulm-2d.zarr" >&2
 fi
 
 if [ "$WEIGHTS_3D" != 0 ]; then
-    # 3D+t: 8 + 2 movies of 32 frames, 10 bubbles per field of view, 32^3 at lambda/2;
-    # pruning keeps the x8 up-samplings affordable on a CPU.
-    ulm simulate "$WORK/train3d-img.zarr" --dim 3 --movies 8 --frames 32 --concentration 10 \
-        --level image --network-seed 21 --seed 3 -q -f
-    ulm simulate "$WORK/val3d-img.zarr" --dim 3 --movies 2 --frames 32 --concentration 10 \
-        --level image --network-seed 22 --seed 4 -q -f
-    ulm sparsify "$WORK/train3d-img.zarr" "$WORK/train3d.zarr" -q -f
-    ulm sparsify "$WORK/val3d-img.zarr" "$WORK/val3d.zarr" -q -f
-    OMP_NUM_THREADS=1 ulm train "$WORK/train3d.zarr" "$OUT/deepstulm-3d.zarr" \
-        --val "$WORK/val3d.zarr" --schedule cpu-3d --epochs 40 --channels 8 --pruning \
-        --seed 0 --device "$DEVICE" --force
+    # 3D+t (issue 13): image-level simulation (the bulk path), vessel networks
+    # TRAIN_NETS_3D x CONCENTRATIONS_3D x MOVIES_3D movies of FRAMES_3D frames at
+    # 32^3 (lambda/2), sparsified at the 3D default 0.25; validation on VAL_NET_3D.
+    # Pruning keeps the x8 up-samplings affordable on a CPU; one thread per step is
+    # steadier than two on a shared machine.
+    sparse3d() { # name network-seed concentration movies seed
+        local name=$1 net=$2 conc=$3 movies=$4 seed=$5
+        [ -d "$WORK/$name.zarr" ] && return 0
+        ulm simulate "$WORK/$name-img.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
+            --concentration "$conc" --level image --network-seed "$net" --seed "$seed" -q -f
+        ulm sparsify "$WORK/$name-img.zarr" "$WORK/$name.part.zarr" -q -f
+        rm -rf "$WORK/$name-img.zarr"
+        mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
+    }
+    train3d=()
+    for net in $TRAIN_NETS_3D; do
+        for c in $CONCENTRATIONS_3D; do
+            sparse3d "train3d-n$net-c$c" "$net" "$c" "$MOVIES_3D" "$((net * 100 + ${c%.*}))"
+            train3d+=("$WORK/train3d-n$net-c$c.zarr")
+        done
+    done
+    sparse3d val3d "$VAL_NET_3D" 30 2 "$((VAL_NET_3D * 100 + 30))"
+    also3d=()
+    for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
+    model3d="$WORK/deepstulm-3d.zarr"
+    resume3d=()
+    [ -d "$model3d.resume.zarr" ] && resume3d=(--resume)
+    batch3d=()
+    [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
+    if [ -n "${resume3d[*]}" ] || [ ! -d "$model3d" ]; then
+        OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm train "${train3d[0]}" "$model3d" \
+            "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
+            --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
+            --pruning --seed 0 --device "$DEVICE" --force "${resume3d[@]}"
+    fi
+    rm -rf "$OUT/deepstulm-3d.zarr"
+    cp -r "$model3d" "$OUT/deepstulm-3d.zarr"
+    CARD3D=${CARD3D:-ulmtools/weights/deepstulm-3d.card.txt}
+    [ -f "$CARD3D" ] && set_card "$OUT/deepstulm-3d.zarr" "$CARD3D"
     ulm info "$OUT/deepstulm-3d.zarr" >&2
 fi
 
-ulm info "$OUT/deepstulm-2d.zarr" >&2
 [ -n "${KEEP:-}" ] || rm -rf "$WORK"
