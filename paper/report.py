@@ -584,7 +584,10 @@ def render(res: dict[str, Any], out: Path) -> str:
             cells = [fmt(sg, 2), fmt(sp.get("active_sites"), 0)]
             for m in methods:
                 cells.append(pct(s["methods"][m]["dice"]) if m in s["methods"] else "-")
-            pv = PAPER["fig6"]["sparse"].get(round(sg, 2))
+            # sigma 0: the paper's noise-free Table I value
+            pv = {0.0: PAPER["table1_2d"]["sparse"]["dice"], **PAPER["fig6"]["sparse"]}.get(
+                round(sg, 2)
+            )
             cells.append(paper_val(pv))
             rows.append(cells)
         w(
