@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -548,7 +549,8 @@ class BeamformStage(MovieStage):
         src = p.source.array("iq")
         block = _read_block_frames(src, p.n_frames) if p.mode == "channel" else p.n_frames
         self._task = BeamformTask(
-            source=str(p.source.path),
+            source=str(Path(p.source.path).resolve()),  # workers may run elsewhere
+            name=str(p.source.path),
             root=root_path,
             mode=p.mode,
             acquisition=p.acquisition,
@@ -648,6 +650,7 @@ class BeamformTask:
     """
 
     source: str
+    name: str  # the input as the user named it, for messages
     root: str
     mode: str
     acquisition: Acquisition | None
@@ -701,7 +704,7 @@ class BeamformTask:
         for f0, data in _read_blocks(pool, src, m, self.n_frames, self.block):
             t = time.perf_counter()
             t_["read"] += t - t_read
-            check_finite(data, f"{self.source}/iq", movie=m, first_frame=f0)
+            check_finite(data, f"{self.name}/iq", movie=m, first_frame=f0)
             movie[f0 : f0 + len(data)] = op.apply(data) if op is not None else data
             del data
             t_read = time.perf_counter()

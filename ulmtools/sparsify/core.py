@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -339,7 +340,11 @@ class SparsifyStage(MovieStage):
 
     def task(self, root_path: str | None) -> SparsifyTask:
         t = SparsifyTask(
-            str(self.store.path), self.config, self.has_truth, self.mask_model, self.device
+            str(Path(self.store.path).resolve()),  # workers may run elsewhere
+            self.config,
+            self.has_truth,
+            self.mask_model,
+            self.device,
         )
         t._store, t._predictor = self.store, self.predictor  # in-process: reuse them
         return t

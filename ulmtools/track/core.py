@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -426,7 +427,8 @@ class TrackStage(MovieStage):
         self.maps = Maps.empty(fine)
 
     def task(self, root_path: str | None) -> TrackTask:
-        t = TrackTask(str(self.store.path), self.res.signal, self.config, self.res)
+        source = str(Path(self.store.path).resolve())  # workers may run elsewhere
+        t = TrackTask(source, self.res.signal, self.config, self.res)
         t._array = self.store.array(self.res.signal)  # in-process: the open array
         return t
 
