@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from tests.test_train import make_sparse
-from ulmtools.errors import UsageError
+from ulmtools.errors import BackendError, UsageError
 from ulmtools.models import store as model_store
 from ulmtools.train.checkpoint import resume_path
-from ulmtools.train.distributed import Launch, torchrun_env
+from ulmtools.train.distributed import Launch, process_device, torchrun_env
 
 #: Whole-batch gradients of two processes against one (float32): the largest difference
 #: over all tensors, relative to the largest gradient (measured: 1.1e-6 .. 1.6e-6), and per tensor
@@ -172,6 +172,20 @@ def test_torchrun_environment_is_detected() -> None:
         torchrun_env({"RANK": "a", "WORLD_SIZE": "2"})
     with pytest.raises(UsageError, match="do not fit"):
         torchrun_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_each_process_gets_its_device() -> None:
+    two = Launch(rank=1, size=2, local_rank=1, local_size=2)
+    assert process_device("cpu", two) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert process_device("auto", two) == torch.device("cpu")  # gloo on the CPU
+        with pytest.raises(BackendError):
+            process_device("cuda", two)
+    elif torch.cuda.device_count() > 1:
+        assert process_device("cuda", two) == torch.device("cuda", 1)  # GPU LOCAL_RANK
+    if torch.cuda.is_available():
+        with pytest.raises(UsageError, match="one GPU"):
+            process_device("cuda:0", two)  # two processes of this machine on one GPU
 
 
 def test_two_processes_step_on_the_whole_batch_gradient(data: Path, worker: Path, tmp_path):
