@@ -60,3 +60,13 @@ def test_errors_carry_the_commands_exit_codes(data: Path, tmp_path: Path) -> Non
     with pytest.raises(OutputError, match="exists") as err:
         train(data, tmp_path / "m.zarr", **ARGS)
     assert err.value.exit_code == 4
+
+
+def test_only_the_sparse_network_trains_under_torchrun(data: Path, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    img = data.with_name(data.name + ".img.zarr")
+    for arch in ("mask-cnn", "deepstulm"):
+        with pytest.raises(UsageError, match="trains in one process") as err:
+            train(img, tmp_path / "m.zarr", arch=arch)
+        assert err.value.exit_code == 2
