@@ -387,3 +387,48 @@ def test_truth_rows_read_in_blocks_match_per_movie_reads(tmp_path, rows):
         tm = truth.movie(m, with_tracks=False)
         np.testing.assert_array_equal(positions, tm.positions)
         np.testing.assert_array_equal(frames, tm.frames)
+
+
+# ---------------------------------------------------------------------------
+# Complex noise on corr before selection (--corr-noise)
+# ---------------------------------------------------------------------------
+
+
+def test_corr_noise_has_the_asked_deviation_and_is_seeded_per_movie(tmp_path):
+    rng = np.random.default_rng(11)
+    corr = random_corr(rng, (3, 16, 20, 20), scale=0.3)
+    src = tmp_path / "in.zarr"
+    write_image_store(src, corr, grid_for((20, 20)))
+    sigma = 0.25
+    cfg = SparsifyConfig(threshold=0.0, corr_noise=sigma, seed=7)
+    sp, _ = sparsify_to(tmp_path, src, cfg)
+    again, _ = sparsify_to(tmp_path, src, cfg)
+    other, _ = sparsify_to(tmp_path, src, SparsifyConfig(threshold=0.0, corr_noise=sigma, seed=8))
+    for m in range(3):
+        coords, feats = read_movie(sp, m)
+        noisy = to_dense(coords, feats, corr.shape[1:])
+        resid = noisy - corr[m]
+        # every site kept (threshold 0): the residual is the noise, N(0, sigma) per part
+        assert len(coords) == corr[m].size
+        for part in (resid.real, resid.imag):
+            assert abs(part.std() - sigma) < 0.01 and abs(part.mean()) < 0.01
+        np.testing.assert_array_equal(feats, read_movie(again, m)[1])
+        assert not np.array_equal(feats, read_movie(other, m)[1])
+    # movie m's noise is default_rng([seed, m])'s, whichever worker draws it
+    assert not np.allclose(to_dense(*read_movie(sp, 0), corr.shape[1:]) - corr[0],
+                           to_dense(*read_movie(sp, 1), corr.shape[1:]) - corr[1])  # fmt: skip
+
+
+def test_corr_noise_zero_changes_nothing_and_a_negative_one_is_refused(tmp_path):
+    rng = np.random.default_rng(12)
+    corr = random_corr(rng, (1, 8, 6, 6))
+    src = tmp_path / "in.zarr"
+    write_image_store(src, corr, grid_for((6, 6)))
+    plain, _ = sparsify_to(tmp_path, src, SparsifyConfig(threshold=0.2))
+    zero, _ = sparsify_to(tmp_path, src, SparsifyConfig(threshold=0.2, corr_noise=0.0, seed=1))
+    for a, b in zip(read_movie(plain, 0), read_movie(zero, 0)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UsageError, match="--corr-noise"):
+        SparsifyConfig(corr_noise=-0.1)
+    with pytest.raises(UsageError, match="--corr-noise"):
+        SparsifyConfig(corr_noise=float("nan"))

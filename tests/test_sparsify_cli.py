@@ -206,3 +206,24 @@ def test_reads_what_ulm_simulate_writes(cli, tmp_path):
     corr = open_store(img).array("corr")[0]
     c, f = read_movie(open_sparse(out), 0)
     np.testing.assert_array_equal(to_dense(c, f, corr.shape), np.where(power(corr) > 0.1, corr, 0))
+
+
+def test_corr_noise_from_the_command_line_is_recorded_and_reproducible(cli, img2d, tmp_path):
+    a, b, c = tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "c.zarr"
+    r = cli("sparsify", img2d, a, "--corr-noise", "0.1", "--seed", "5", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["corr_noise"] == 0.1 and result["corr_noise_seed"] == 5
+    # two worker processes draw each movie's noise from the same seed
+    assert cli("sparsify", img2d, b, "--corr-noise", "0.1", "--seed", "5", "--workers", "2",
+               "-q").code == 0  # fmt: skip
+    for m in range(3):
+        for x, y in zip(read_movie(open_sparse(a), m), read_movie(open_sparse(b), m)):
+            np.testing.assert_array_equal(x, y)
+    params = open_sparse(a).attrs["provenance"][-1]["parameters"]
+    assert params["corr_noise"] == 0.1 and params["seed"] == 5
+    # without --seed one is drawn and recorded; the text says what was added
+    r = cli("sparsify", img2d, c, "--corr-noise", "0.2")
+    assert r.code == 0, r.err
+    seed = open_sparse(c).attrs["provenance"][-1]["parameters"]["seed"]
+    assert isinstance(seed, int) and f"noise sigma 0.2 on corr (seed {seed})" in r.out

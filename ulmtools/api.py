@@ -251,6 +251,8 @@ def sparsify(
     threshold: float | None = None,
     k: int | None = None,
     mask_model: PathLike | None = None,
+    corr_noise: float = 0.0,
+    seed: int | None = None,
     device: str = "auto",
     workers: int = 1,
     dask: bool = False,
@@ -260,8 +262,11 @@ def sparsify(
 ) -> Summary:
     """``ulm sparsify``: the active sites of every correlation movie, as a sparse store.
 
-    ``workers``: movies sparsified at once in worker processes (0: every core, 1: in
-    this process); with ``dask``, the number of Dask workers.
+    ``corr_noise``: standard deviation of complex Gaussian noise added to the real and
+    the imaginary part of corr before the sites are chosen (seeded by ``seed``, drawn at
+    random and recorded when None). ``workers``: movies sparsified at once in worker
+    processes (0: every core, 1: in this process); with ``dask``, the number of Dask
+    workers.
     """
     from ulmtools.errors import UsageError
     from ulmtools.runner import run_stage
@@ -272,7 +277,14 @@ def sparsify(
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}", f"use one of {', '.join(METHODS)}")
     executor = _executor(workers, "process", dask, dask_scheduler)
-    config = SparsifyConfig(method=method, threshold=threshold, k=k)
+    if corr_noise and seed is None:
+        import secrets
+
+        seed = secrets.randbits(31)
+    config = SparsifyConfig(
+        method=method, threshold=threshold, k=k, corr_noise=float(corr_noise),
+        seed=seed if corr_noise else None,
+    )  # fmt: skip
     if method == "mask" and mask_model is None:
         raise UsageError("--method mask needs a mask model (--mask-model MODEL.zarr)", MASK_HINT)
     if method != "mask" and mask_model is not None:
@@ -311,6 +323,8 @@ def sparsify(
         "mask_model": model_ref,
         "device": str(torch_device) if torch_device is not None else None,
         "rows_per_chunk": config.rows_per_chunk,
+        "corr_noise": config.corr_noise,
+        "seed": config.seed,
         "power": "real**2 + imag**2 of corr, strictly greater than the threshold",
         "truth_rule": "nearest input pixel (rint of grid.to_index) of each truth position "
         "in its frame",
@@ -348,6 +362,10 @@ def _sparsify_text(r: dict[str, Any]) -> str:
         rule = f"mask model, probability cutoff {r['threshold']:g}"
     else:
         rule = f"threshold {r['threshold']:g} on abs(corr)^2"
+    if r.get("corr_noise"):
+        rule += (
+            f", after complex noise sigma {r['corr_noise']:g} on corr (seed {r['corr_noise_seed']})"
+        )
     lines = [
         f"{r['output']}: {r['movies']} movies, {rule}",
         f"active sites per movie: mean {r['active_sites_mean']:.0f}, min {r['active_sites_min']}, "

@@ -18,6 +18,7 @@ from ulmtools.cli.options import (
     Json,
     OutputStore,
     Quiet,
+    Seed,
     Verbose,
 )
 
@@ -65,6 +66,17 @@ def sparsify(
             show_default=False,
         ),
     ] = None,
+    corr_noise: Annotated[
+        float,
+        typer.Option(
+            "--corr-noise",
+            min=0,
+            help="Add complex Gaussian noise of this standard deviation to the real and to "
+            "the imaginary part of corr before choosing the sites (the paper's robustness "
+            "test, or noisy training data); seeded by --seed.",
+        ),
+    ] = 0.0,
+    seed: Seed = None,
     device: Device = "auto",
     workers: Annotated[
         int,
@@ -101,6 +113,8 @@ def sparsify(
             threshold=threshold,
             k=k,
             mask_model=mask_model,
+            corr_noise=corr_noise,
+            seed=seed,
             device=device,
             workers=workers,
             dask=dask,

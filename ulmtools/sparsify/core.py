@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,12 @@ class SparsifyConfig:
     threshold: float | None = None
     k: int | None = None
     rows_per_chunk: int = ROWS_PER_CHUNK
+    #: standard deviation of the complex Gaussian noise added to the real and to the
+    #: imaginary part of corr before selection (the paper's robustness test; noisy
+    #: training data); 0: none
+    corr_noise: float = 0.0
+    #: seed of that noise (movie m draws from ``default_rng([seed, m])``)
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +82,8 @@ class SparsifyConfig:
                 raise UsageError("--threshold does not apply to --method topk", "give --k only")
         elif self.k is not None:
             raise UsageError(f"--k applies only to --method topk, not {self.method}")
+        if not (np.isfinite(self.corr_noise) and self.corr_noise >= 0):
+            raise UsageError(f"--corr-noise must be a finite number >= 0, got {self.corr_noise}")
         if self.threshold is not None:
             if not np.isfinite(self.threshold) or self.threshold < 0:
                 raise UsageError(f"--threshold must be a finite number >= 0, got {self.threshold}")
@@ -90,11 +98,9 @@ class SparsifyConfig:
         if self.method == "threshold" and self.threshold is None:
             if space_ndim not in DEFAULT_THRESHOLD:
                 raise InputError(f"the grid has {space_ndim} spatial axes; expected 2 or 3")
-            return SparsifyConfig(
-                self.method, DEFAULT_THRESHOLD[space_ndim], None, self.rows_per_chunk
-            )
+            return replace(self, threshold=DEFAULT_THRESHOLD[space_ndim])
         if self.method == "mask" and self.threshold is None:
-            return SparsifyConfig(self.method, DEFAULT_MASK_CUTOFF, None, self.rows_per_chunk)
+            return replace(self, threshold=DEFAULT_MASK_CUTOFF)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -384,7 +390,10 @@ class SparsifyStage(MovieStage):
                 )
                 if arr.size:
                     a[:] = arr
-        return stats.summary()
+        return stats.summary() | {
+            "corr_noise": self.config.corr_noise,
+            "corr_noise_seed": self.config.seed,
+        }
 
     def result(self, summary: dict[str, Any], root: Any) -> dict[str, Any]:
         root.attrs["stats"] = {
@@ -435,6 +444,7 @@ class SparsifyTask:
         for m in unit:
             movie = np.asarray(corr[m])
             check_finite(movie, f"{store.path}/corr", movie=m)
+            movie = add_corr_noise(movie, self.config.corr_noise, self.config.seed, m)
             mask = select(movie, self.config, predictor)
             coords, feats = movie_to_sites(movie, mask)
             n_truth = kept = 0
@@ -473,6 +483,20 @@ class _TruthRows:
             self.first, self.last, self.base = m, last, a
         a, b = int(off[m]) - self.base, int(off[m + 1]) - self.base
         return self.positions[a:b], self.frames[a:b]
+
+
+def add_corr_noise(movie: np.ndarray, sigma: float, seed: int | None, m: int) -> np.ndarray:
+    """``movie + sigma * (n_re + 1j n_im)``, n ~ N(0, 1), drawn for movie ``m`` from
+    ``default_rng([seed, m])`` (so a movie's noise does not depend on which worker
+    draws it); ``movie`` itself when ``sigma`` is 0."""
+    if not sigma:
+        return movie
+    if seed is None:
+        raise ValueError("corr noise needs a seed (SparsifyConfig.seed)")
+    rng = np.random.default_rng([seed, m])
+    real = np.float32 if movie.dtype == np.complex64 else np.float64
+    noise = rng.standard_normal(movie.shape, real) + 1j * rng.standard_normal(movie.shape, real)
+    return (movie + real(sigma) * noise).astype(movie.dtype, copy=False)
 
 
 def select(
