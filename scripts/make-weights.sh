@@ -18,7 +18,7 @@
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
 #   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core):
-#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1; on a GPU server the paper's
+#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=5; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, batch 2 then 4)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
@@ -51,6 +51,7 @@ CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 MOVIES_3D=${MOVIES_3D:-2}
 FRAMES_3D=${FRAMES_3D:-128}
 VAL_NET_3D=${VAL_NET_3D:-42}
+INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-5}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     EPOCHS_3D=${EPOCHS_3D:-20}
     CHANNELS_3D=${CHANNELS_3D:-16}
@@ -150,7 +151,8 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm train "${train3d[0]}" "$model3d" \
             "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
             --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
-            --pruning --seed 0 --device "$DEVICE" --force "${resume3d[@]}"
+            --input-kernel "$INPUT_KERNEL_3D" --pruning --seed 0 --device "$DEVICE" --force \
+            "${resume3d[@]}"
     fi
     rm -rf "$OUT/deepstulm-3d.zarr"
     cp -r "$model3d" "$OUT/deepstulm-3d.zarr"

@@ -278,6 +278,26 @@ def test_train_command_writes_a_model_store(cli, data2d: Path, tmp_path: Path) -
     assert open_store(out, "model").provenance[-1]["stage"] == "train"
 
 
+def test_input_kernel_is_a_stored_architecture_choice(cli, data3d: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k3.zarr"
+    r = cli("train", data3d, out, "--epochs", "1", "--channels", "4", "--pruning",
+            "--input-kernel", "3", "--seed", "1", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    model, meta = model_store.load(out)
+    assert meta.kwargs["input_kernel"] == 3 and meta.training["config"]["input_kernel"] == 3
+    # 3^4 taps instead of 5^4: the input convolution's weight says which was trained
+    assert model.inp.conv.weight.shape[0] == 3**4
+    pred = tmp_path / "pred.zarr"
+    assert cli("infer", out, data3d, pred, "-q").code == 0  # the model store rebuilds it
+    fresh = tmp_path / "n.zarr"
+    r = cli("train", data3d, fresh, "--input-kernel", "4")
+    assert r.code == 2 and "--input-kernel must be 1, 3, 5 or 7" in r.err
+    img = data3d.with_name(data3d.name + ".img.zarr")
+    r = cli("train", img, fresh, "--arch", "mspcn", "--input-kernel", "3")
+    assert r.code == 2 and "--input-kernel" in r.err
+    assert not fresh.exists()
+
+
 def test_train_refusals(cli, data2d: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.zarr"
     out.mkdir()

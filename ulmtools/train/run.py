@@ -51,6 +51,7 @@ def train(
     batch_size: int | None = None,
     lr: float | None = None,
     channels: int = 16,
+    input_kernel: int | None = None,
     deep_supervision: bool = False,
     pruning: bool = False,
     cascade: bool = False,
@@ -86,6 +87,7 @@ def train(
         "--val": val is not None,
         "--also": bool(also),
         "--schedule": schedule != "auto",
+        "--input-kernel": input_kernel is not None,
         "--deep-supervision": deep_supervision,
         "--pruning": pruning,
         "--cascade": cascade,
@@ -152,6 +154,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             channels=channels,
+            input_kernel=input_kernel,
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
@@ -188,6 +191,7 @@ def _train_sparse(
     batch_size: int | None,
     lr: float | None,
     channels: int,
+    input_kernel: int | None,
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
@@ -233,7 +237,7 @@ def _train_sparse(
             state, config, stored = load_resume(model_store, torch_device)
             _check_same(
                 config, stored, data, schedule, epochs, batch_size, lr, channels,
-                deep_supervision, pruning, cascade, backend, seed,
+                input_kernel, deep_supervision, pruning, cascade, backend, seed,
             )  # fmt: skip
             if main:
                 log.info(
@@ -264,6 +268,7 @@ def _train_sparse(
                 arch="sparse-deepstulm",
                 schedule=sched,
                 channels=channels,
+                input_kernel=5 if input_kernel is None else input_kernel,
                 deep_supervision=deep_supervision,
                 pruning=pruning,
                 cascade=cascade,
@@ -575,6 +580,7 @@ def _check_same(
     batch_size: int | None,
     lr: float | None,
     channels: int,
+    input_kernel: int | None,
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
@@ -599,6 +605,8 @@ def _check_same(
         clashes.append(f"--lr {lr} (stored {s.lr[0][1]})")
     if channels != 16 and channels != config.channels:
         clashes.append(f"--channels {channels} (stored {config.channels})")
+    if input_kernel is not None and input_kernel != config.input_kernel:
+        clashes.append(f"--input-kernel {input_kernel} (stored {config.input_kernel})")
     for flag, given, have in (
         ("--deep-supervision", deep_supervision, config.deep_supervision),
         ("--pruning", pruning, config.pruning),
