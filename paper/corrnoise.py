@@ -3,9 +3,11 @@
     python paper/corrnoise.py IN.zarr OUT.zarr --sigma S --seed N
 
 The paper's robustness test adds zero-mean Gaussian noise of standard deviation S to
-the real and to the imaginary part of the correlation map at test time. No ``ulm``
-command does this (``ulm simulate --snr`` is thermal noise on the channel data, which
-beamforming averages away), so the paper pipeline uses this helper: OUT is a copy of
+the real and to the imaginary part of the correlation map at test time. ``ulm sparsify
+--corr-noise`` does it for the sparse model's input, but the dense baselines read an
+image store and no ``ulm`` command writes a noisy one (``ulm simulate --snr`` is thermal
+noise on the channel data, which beamforming averages away), so the paper pipeline uses
+this helper for them: OUT is a copy of
 IN whose ``corr`` holds corr + S (n_re + i n_im), n ~ N(0, 1), with a new store id and
 a provenance entry (stage ``paper-corr-noise``) appended. Written under a temporary
 name beside OUT and renamed when complete; an existing OUT is replaced.

@@ -159,7 +159,8 @@ def _sets(score_path: Path) -> dict[str, dict[str, Any]]:
                 summary["seconds_detect_localize_per_movie"] + summary["seconds_link_per_movie"]
             )
         one["methods"][name] = entry
-        sp = _load(d / "sp.json")
+        # the sparse model's input: sp.json, or spn.json where ulm sparsify added noise
+        sp = _load(d / "spn.json") or _load(d / "sp.json")
         if sp and "sparsify" not in one:
             one["sparsify"] = {
                 "method": sp.get("method"),
@@ -575,8 +576,10 @@ def render(res: dict[str, Any], out: Path) -> str:
         w(f"![Fig. 6]({f6})\n")
         w(
             "Zero-mean Gaussian noise of standard deviation sigma added to the real and the "
-            "imaginary part of the correlation (`paper/corrnoise.py`: no `ulm` command adds it), "
-            "then the default `ulm sparsify` and each method; sigma 0 is the noise-free set.\n"
+            "imaginary part of the correlation: for the sparse model by `ulm sparsify "
+            "--corr-noise` (active sites: its input), for the dense models (which read an image "
+            "store; `ulm infer` has no such option) by `paper/corrnoise.py`, a noisy copy of the "
+            "image store with the same noise model; sigma 0 is the noise-free set.\n"
         )
         rows = []
         for sg, s in pts.items():
