@@ -12,14 +12,16 @@
 # interrupted 'ulm train' continues from its checkpoint (--resume). Keep WORK to
 # resume; it is removed at the end unless KEEP=1.
 #
-# Variables (defaults: the shipped CPU recipe, ~80 min on 2 CPU cores):
+# Variables (defaults: the shipped CPU recipes, ~70 min for 2D on 2 cores and ~25 min for
+# 3D on one, on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core):
-#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=5; on a GPU server the paper's
-#                                schedule: SCHEDULE_3D=paper-3d (width 16, batch 2 then 4)
+#   3D (issue 13; defaults: the shipped CPU recipe, ~25 min on one core):
+#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
+#                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
+#                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
@@ -48,18 +50,22 @@ WEIGHTS_3D=${WEIGHTS_3D:-1}
 SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
 TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
-MOVIES_3D=${MOVIES_3D:-2}
-FRAMES_3D=${FRAMES_3D:-128}
 VAL_NET_3D=${VAL_NET_3D:-42}
-INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-5}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
+    # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
     CHANNELS_3D=${CHANNELS_3D:-16}
     BATCH_3D=${BATCH_3D:-}
+    INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-5}
+    MOVIES_3D=${MOVIES_3D:-16}
+    FRAMES_3D=${FRAMES_3D:-512}
 else
     EPOCHS_3D=${EPOCHS_3D:-20}
     CHANNELS_3D=${CHANNELS_3D:-8}
     BATCH_3D=${BATCH_3D:-1}
+    INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-3}
+    MOVIES_3D=${MOVIES_3D:-2}
+    FRAMES_3D=${FRAMES_3D:-128}
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
