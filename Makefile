@@ -46,12 +46,12 @@ test-all: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check ulmtools tests bench examples
-	$(PY) -m ruff format --check ulmtools tests bench examples
+	$(PY) -m ruff check ulmtools tests bench examples paper
+	$(PY) -m ruff format --check ulmtools tests bench examples paper
 
 format: install
-	$(PY) -m ruff format ulmtools tests bench examples
-	$(PY) -m ruff check --fix ulmtools tests bench examples
+	$(PY) -m ruff format ulmtools tests bench examples paper
+	$(PY) -m ruff check --fix ulmtools tests bench examples paper
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
