@@ -406,7 +406,11 @@ def _cached_build(
 # ---------------------------------------------------------------------------
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+# No fastmath: with it, the code numba loads from its cache rounded differently
+# (FMA contraction) from the code it had just compiled (relative 2e-6 on a 2D movie),
+# so a process with a cold cache and one with a warm cache (a Dask worker beside the
+# driver) gave different bytes. Strict IEEE arithmetic measured as fast here.
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _apply(indptr, indices, data, offsets, order, x, out, block):  # pragma: no cover - compiled
     # x: (F, T*S*E) complex64; out: (F, P) complex64. Each thread takes a
     # block of frames and copies the used samples into a (column, re/im,
