@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ulmtools import interrupts
 from ulmtools.simulate.vessels import VesselNetwork
 
 
@@ -415,52 +416,56 @@ def network_movie(
     capacity = int(2 * float(mean_n.sum()) + 10 * np.sqrt(total + 1) + 64)
     out_capacity = int(max(1024, 4 * concentration * n_frames * 4))
     sim_seed = int(rng.integers(0, 2**31 - 1))
-    while True:
-        res = _simulate_network(
-            sim_seed,
-            n_frames,
-            substeps,
-            1.0 / frame_rate,
-            rate,
-            init_edge,
-            init_s,
-            init_rho,
-            init_phi,
-            pn.p0,
-            pn.dirs,
-            pn.n1,
-            pn.n2,
-            pn.length,
-            pn.radius,
-            pn.vmax,
-            pn.b,
-            pn.out_ptr,
-            pn.out_edges,
-            pn.out_cum,
-            pn.roots,
-            pn.root_cum,
-            cfg.rho_max,
-            cfg.amplitude_sigma,
-            id_base,
-            region.fov_lo,
-            region.fov_hi,
-            region.echo_lo,
-            region.echo_hi,
-            region.fine_origin,
-            region.fine_spacing,
-            tracks,
-            capacity,
-            out_capacity,
-        )
-        n = res[0]
-        if n == -1:
-            capacity *= 2
-        elif n == -2:
-            out_capacity *= 2
-        else:
-            break
-        tracks[...] = 0
-    _, frames, ids, pos, amps, counts = res
+    # Ctrl-C and SIGTERM wait until the compiled simulation has returned and its
+    # arrays are ours: one raised while numba hands them over crashed the process
+    # (SIGSEGV) instead of ending the command cleanly
+    with interrupts.held():
+        while True:
+            res = _simulate_network(
+                sim_seed,
+                n_frames,
+                substeps,
+                1.0 / frame_rate,
+                rate,
+                init_edge,
+                init_s,
+                init_rho,
+                init_phi,
+                pn.p0,
+                pn.dirs,
+                pn.n1,
+                pn.n2,
+                pn.length,
+                pn.radius,
+                pn.vmax,
+                pn.b,
+                pn.out_ptr,
+                pn.out_edges,
+                pn.out_cum,
+                pn.roots,
+                pn.root_cum,
+                cfg.rho_max,
+                cfg.amplitude_sigma,
+                id_base,
+                region.fov_lo,
+                region.fov_hi,
+                region.echo_lo,
+                region.echo_hi,
+                region.fine_origin,
+                region.fine_spacing,
+                tracks,
+                capacity,
+                out_capacity,
+            )
+            n = res[0]
+            if n == -1:
+                capacity *= 2
+            elif n == -2:
+                out_capacity *= 2
+            else:
+                break
+            tracks[...] = 0
+        _, frames, ids, pos, amps, counts = res
     return BubbleMovie(
         frames=frames[:n],
         ids=ids[:n],
