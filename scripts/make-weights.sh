@@ -12,13 +12,13 @@
 # interrupted 'ulm train' continues from its checkpoint (--resume). Keep WORK to
 # resume; it is removed at the end unless KEEP=1.
 #
-# Variables (defaults: the shipped CPU recipes, ~70 min for 2D on 2 cores and ~25 min for
+# Variables (defaults: the shipped CPU recipes, ~70 min for 2D on 2 cores and ~50 min for
 # 3D on one, on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~25 min on one core):
+#   3D (issue 13; defaults: the shipped CPU recipe, ~50 min on one core):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
@@ -64,7 +64,7 @@ else
     CHANNELS_3D=${CHANNELS_3D:-8}
     BATCH_3D=${BATCH_3D:-1}
     INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-3}
-    MOVIES_3D=${MOVIES_3D:-2}
+    MOVIES_3D=${MOVIES_3D:-4}
     FRAMES_3D=${FRAMES_3D:-128}
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
