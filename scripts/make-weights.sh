@@ -17,6 +17,10 @@
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
+#   NOISE_2D="0 0.1 0.2 0.3" FINETUNE_EPOCHS=5   stage 2: the same movies with complex
+#                                noise sigma on corr (one level per store, rotating), training
+#                                continued from stage 1 (--init, schedule finetune);
+#                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
 #   3D (issue 13; defaults: the shipped CPU recipe, ~50 min on one core):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
@@ -36,6 +40,8 @@ MOVIES=${MOVIES:-4}
 FRAMES=${FRAMES:-512}
 VAL_NET=${VAL_NET:-41}
 THRESHOLD=${THRESHOLD:-0.25}
+NOISE_2D=${NOISE_2D-0 0.1 0.2 0.3}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-5}
 if [ "$SCHEDULE" = paper-2d ]; then
     EPOCHS=${EPOCHS:-300}
     CHANNELS=${CHANNELS:-16}
@@ -82,41 +88,87 @@ zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
 PY
 }
 
-# A 2D sparse store: simulate (channel level) -> beamform -> sparsify, made once.
-sparse2d() { # name network-seed concentration movies seed
+# A 2D image store: simulate (channel level) -> beamform, made once (kept in WORK: the
+# noise stage sparsifies it again).
+image2d() { # name network-seed concentration movies seed
     local name=$1 net=$2 conc=$3 movies=$4 seed=$5
-    [ -d "$WORK/$name.zarr" ] && return 0
+    [ -d "$WORK/$name-img.zarr" ] && return 0
     ulm simulate "$WORK/$name-raw.zarr" --dim 2 --movies "$movies" --frames "$FRAMES" \
         --concentration "$conc" --network-seed "$net" --seed "$seed" -q -f
-    ulm beamform "$WORK/$name-raw.zarr" "$WORK/$name-img.zarr" -q -f
+    ulm beamform "$WORK/$name-raw.zarr" "$WORK/$name-img.part.zarr" -q -f
     rm -rf "$WORK/$name-raw.zarr"
-    ulm sparsify "$WORK/$name-img.zarr" "$WORK/$name.part.zarr" --threshold "$THRESHOLD" -q -f
-    rm -rf "$WORK/$name-img.zarr"
-    mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
+    mv "$WORK/$name-img.part.zarr" "$WORK/$name-img.zarr"
+}
+
+# The sparse store OUT-NAME of image store NAME, with complex noise sigma on corr
+# (0: none; seeded), made once.
+sparse2d() { # name out-name sigma noise-seed
+    local name=$1 out=$2 sigma=$3 seed=$4
+    [ -d "$WORK/$out.zarr" ] && return 0
+    ulm sparsify "$WORK/$name-img.zarr" "$WORK/$out.part.zarr" --threshold "$THRESHOLD" \
+        --corr-noise "$sigma" --seed "$seed" -q -f
+    mv "$WORK/$out.part.zarr" "$WORK/$out.zarr"
+}
+
+# Train (or resume) MODEL: ulm train with the stores and options given.
+train_model() { # model-store train-store [ulm train options...]
+    local model=$1 first=$2
+    shift 2
+    local resume=()
+    [ -d "$model.resume.zarr" ] && resume=(--resume)
+    if [ -n "${resume[*]}" ] || [ ! -d "$model" ]; then
+        ulm train "$first" "$model" "$@" --seed 0 --device "$DEVICE" --force "${resume[@]}"
+    fi
 }
 
 if [ "$WEIGHTS_2D" != 0 ]; then
+    # stage 1: noise-free training stores, the schedule from scratch
     train2d=()
+    noisy2d=()
+    levels=($NOISE_2D)
+    j=0
     for net in $TRAIN_NETS; do
+        k=0
         for c in $CONCENTRATIONS; do
-            sparse2d "train2d-n$net-c$c" "$net" "$c" "$MOVIES" "$((net * 100 + ${c%.*}))"
-            train2d+=("$WORK/train2d-n$net-c$c.zarr")
+            name="train2d-n$net-c$c"
+            image2d "$name" "$net" "$c" "$MOVIES" "$((net * 100 + ${c%.*}))"
+            sparse2d "$name" "$name" 0 0
+            train2d+=("$WORK/$name.zarr")
+            if [ ${#levels[@]} -gt 0 ]; then
+                # stage 2's store: one noise level per store, rotating so that every
+                # network and every concentration sees each level
+                sigma=${levels[$(((j + k) % ${#levels[@]}))]}
+                if [ "$sigma" = 0 ]; then
+                    noisy2d+=("$WORK/$name.zarr")
+                else
+                    sparse2d "$name" "$name-s$sigma" "$sigma" "$((net * 100 + ${c%.*}))"
+                    noisy2d+=("$WORK/$name-s$sigma.zarr")
+                fi
+            fi
+            k=$((k + 1))
         done
+        j=$((j + 1))
     done
-    sparse2d val2d "$VAL_NET" 5 4 "$((VAL_NET * 100 + 50))"
+    image2d val2d "$VAL_NET" 5 4 "$((VAL_NET * 100 + 50))"
+    sparse2d val2d val2d 0 0
 
     also=()
     for s in "${train2d[@]:1}"; do also+=(--also "$s"); done
     model2d="$WORK/deepstulm-2d.zarr"
-    resume=()
-    [ -d "$model2d.resume.zarr" ] && resume=(--resume)
-    if [ -n "${resume[*]}" ] || [ ! -d "$model2d" ]; then
-        ulm train "${train2d[0]}" "$model2d" "${also[@]}" --val "$WORK/val2d.zarr" \
-            --schedule "$SCHEDULE" --epochs "$EPOCHS" --channels "$CHANNELS" --batch-size "$BATCH" \
-            --seed 0 --device "$DEVICE" --force "${resume[@]}"
+    [ ${#levels[@]} -gt 0 ] && model2d="$WORK/deepstulm-2d-clean.zarr"
+    train_model "$model2d" "${train2d[0]}" "${also[@]}" --val "$WORK/val2d.zarr" \
+        --schedule "$SCHEDULE" --epochs "$EPOCHS" --channels "$CHANNELS" --batch-size "$BATCH"
+    if [ ${#levels[@]} -gt 0 ]; then
+        # stage 2: the same movies with complex noise on corr (levels NOISE_2D), training
+        # continued from stage 1 at a low learning rate (--init, schedule finetune)
+        also=()
+        for s in "${noisy2d[@]:1}"; do also+=(--also "$s"); done
+        train_model "$WORK/deepstulm-2d.zarr" "${noisy2d[0]}" "${also[@]}" \
+            --val "$WORK/val2d.zarr" --init "$model2d" --schedule finetune \
+            --epochs "$FINETUNE_EPOCHS" --batch-size "$BATCH"
     fi
     rm -rf "$OUT/deepstulm-2d.zarr"
-    cp -r "$model2d" "$OUT/deepstulm-2d.zarr"
+    cp -r "$WORK/deepstulm-2d.zarr" "$OUT/deepstulm-2d.zarr"
     # the model card 'ulm info shipped:2d' prints: recipe and held-out results, measured
     CARD2D=${CARD2D:-ulmtools/weights/deepstulm-2d.card.txt}
     [ -f "$CARD2D" ] && set_card "$OUT/deepstulm-2d.zarr" "$CARD2D"
@@ -149,17 +201,12 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     also3d=()
     for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
     model3d="$WORK/deepstulm-3d.zarr"
-    resume3d=()
-    [ -d "$model3d.resume.zarr" ] && resume3d=(--resume)
     batch3d=()
     [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
-    if [ -n "${resume3d[*]}" ] || [ ! -d "$model3d" ]; then
-        OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm train "${train3d[0]}" "$model3d" \
-            "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
-            --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
-            --input-kernel "$INPUT_KERNEL_3D" --pruning --seed 0 --device "$DEVICE" --force \
-            "${resume3d[@]}"
-    fi
+    OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
+        "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
+        --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
+        --input-kernel "$INPUT_KERNEL_3D" --pruning
     rm -rf "$OUT/deepstulm-3d.zarr"
     cp -r "$model3d" "$OUT/deepstulm-3d.zarr"
     CARD3D=${CARD3D:-ulmtools/weights/deepstulm-3d.card.txt}

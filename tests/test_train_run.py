@@ -70,3 +70,52 @@ def test_only_the_sparse_network_trains_under_torchrun(data: Path, tmp_path, mon
         with pytest.raises(UsageError, match="trains in one process") as err:
             train(img, tmp_path / "m.zarr", arch=arch)
         assert err.value.exit_code == 2
+
+
+def test_init_starts_from_a_trained_model_and_keeps_its_architecture(
+    cli, data: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.zarr"
+    train(data, base, **ARGS)
+    w0, meta0 = model_store.load_state(base)
+    # zero epochs of change would be the same weights: one epoch at a tiny lr stays close
+    tuned = tmp_path / "tuned.zarr"
+    r = cli("train", data, tuned, "--init", base, "--epochs", "1", "--lr", "1e-9",
+            "--seed", "3", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["schedule"] == "finetune"  # auto picks it with --init
+    w1, meta1 = model_store.load_state(tuned)
+    assert meta1.kwargs == meta0.kwargs  # width 4 and classifiers came from the model
+    conv = [k for k in w0 if k.endswith("weight") and w0[k].ndim > 1]
+    assert max(float((w1[k] - w0[k]).abs().max()) for k in conv) < 1e-4
+    # from scratch with the same seed the weights are nowhere near
+    scratch = tmp_path / "scratch.zarr"
+    train(data, scratch, epochs=1, channels=4, seed=3, deep_supervision=True, lr=1e-9)
+    w2, _ = model_store.load_state(scratch)
+    assert max(float((w2[k] - w0[k]).abs().max()) for k in conv) > 1e-2
+    # the model's record names its starting point, and the lineage keeps the first run's
+    assert meta1.training["init"]["id"] == meta0.id
+    stages = [e["stage"] for e in meta1.provenance]
+    assert stages.count("train") == 2
+    r = cli("info", tuned, "--json")
+    assert json.loads(r.out)["parameters"] == out["parameters"]
+    r = cli("info", tuned)
+    assert f"started from {base}" in r.out and f"{out['parameters']:,} parameters" in r.out
+
+
+def test_init_refusals(cli, data: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base.zarr"
+    train(data, base, epochs=1, channels=4, seed=1)
+    with pytest.raises(UsageError, match=r"--channels 8 \(the model's 4\)"):
+        train(data, tmp_path / "m.zarr", init=base, channels=8)
+    with pytest.raises(UsageError, match="no intermediate classifiers"):
+        train(data, tmp_path / "m.zarr", init=base, pruning=True)
+    with pytest.raises(UsageError, match="does not apply"):
+        train(data, tmp_path / "m.zarr", arch="deepstulm", init=base)
+    vol = make_sparse(tmp_path / "vol.zarr", (8, 8, 8), frames=8)
+    with pytest.raises(UsageError, match=r"is a 2D\+t model but the training data are 3D\+t"):
+        train(vol, tmp_path / "m.zarr", init=base)
+    r = cli("train", data, tmp_path / "m.zarr", "--init", data)
+    assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) <= 2
+    assert not (tmp_path / "m.zarr").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -32,6 +33,10 @@ def _arrays(group: zarr.Group, prefix: str = "") -> list[dict[str, Any]]:
     return out
 
 
+#: state_dict entries that are not trained parameters (batch-norm statistics)
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A JSON-ready description of a store: kind, arrays, grid, truth, lineage."""
     store = open_store(path)
@@ -54,6 +59,13 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("stats", "acquisition_summary", "architecture", "card"):
         if key in attrs:
             summary[key] = attrs[key]
+    if store.kind == "model" and isinstance(attrs.get("weights"), list):
+        # the number of trained values, from the weights index (no weights read)
+        summary["parameters"] = sum(
+            math.prod(int(n) for n in w.get("shape", []))
+            for w in attrs["weights"]
+            if isinstance(w, dict) and not str(w.get("key", "")).endswith(_BUFFERS)
+        )
     if store.kind == "model" and isinstance(attrs.get("history"), list) and attrs["history"]:
         summary["training_summary"] = _training_summary(attrs)
     return summary
@@ -73,6 +85,7 @@ def _training_summary(attrs: dict[str, Any]) -> dict[str, Any]:
         "val_dice": vals[-1] if vals else None,
         "best_val_dice": max(vals) if vals else None,
         "train_stores": sum(1 for t in stores if t),
+        "init": (training.get("init") or {}).get("path"),
     }
 
 
@@ -147,15 +160,17 @@ def format_summary(s: dict[str, Any]) -> str:
     arch = s.get("architecture")
     if isinstance(arch, dict) and arch.get("name"):
         kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
-        lines.append(f"architecture: {arch['name']}({kwargs})")
+        count = f", {s['parameters']:,} parameters" if isinstance(s.get("parameters"), int) else ""
+        lines.append(f"architecture: {arch['name']}({kwargs}){count}")
     t = s.get("training_summary")
     if t:
         val = ""
         if t["val_dice"] is not None:
             val = f", validation Dice {t['val_dice']:.4f} (best {t['best_val_dice']:.4f})"
+        start = f", started from {t['init']}" if t.get("init") else ""
         lines.append(
             f"training: {t['epochs']} epochs of {t['schedule']} on {t['train_stores']} "
-            f"store(s), {t['seconds']:.0f} s{val}"
+            f"store(s){start}, {t['seconds']:.0f} s{val}"
         )
     if isinstance(s.get("card"), str) and s["card"].strip():
         lines.append("card:")

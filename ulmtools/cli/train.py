@@ -67,8 +67,9 @@ def train(
         str,
         typer.Option(
             "--schedule",
-            help=f"Named schedule ({SCHEDULE_NAMES}): the paper's 2D/3D schedules or small CPU "
-            "ones; auto picks cpu-2d or cpu-3d by the data's dimension.",
+            help=f"Named schedule ({SCHEDULE_NAMES}): the paper's 2D/3D schedules, small CPU "
+            "ones, or finetune (5 epochs at lr 1e-3 then 3e-4, plain targets); auto picks "
+            "finetune with --init, else cpu-2d or cpu-3d by the data's dimension.",
         ),
     ] = "auto",
     epochs: Annotated[
@@ -96,11 +97,13 @@ def train(
         ),
     ] = None,
     channels: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--channels", help="Width of the first level (16 in the paper; 32 and 64 follow)."
+            "--channels",
+            help="Width of the first level (16 in the paper; 32 and 64 follow).",
+            show_default="16, or --init's",
         ),
-    ] = 16,
+    ] = None,
     input_kernel: Annotated[
         int | None,
         typer.Option(
@@ -133,6 +136,17 @@ def train(
             "coarse to fine, before the schedule (implies the classifiers).",
         ),
     ] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            metavar="MODEL",
+            help="sparse-deepstulm: start from this model's weights (a model store or "
+            "shipped:2d|3d), e.g. to fine-tune the shipped model on your own data; its "
+            "width, input kernel and classifiers are kept.",
+            show_default=False,
+        ),
+    ] = None,
     input_mask: Annotated[
         Path | None,
         typer.Option(
@@ -207,6 +221,7 @@ def train(
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
+            init=init,
             input_mask=input_mask,
             input_threshold=input_threshold,
             backend=backend.value,

@@ -148,6 +148,14 @@ SCHEDULES: dict[str, Schedule] = {
         dilate_epochs=6,
         description="a small 3D schedule for narrow pruned models on small volumes (CPU)",
     ),
+    "finetune": Schedule(
+        "finetune",
+        epochs=5,
+        lr=((0, 1e-3), (3, 3e-4)),
+        batch_size=((0, 2),),
+        description="continuing a trained model (ulm train --init): plain targets, "
+        "lr 1e-3 then 3e-4",
+    ),
 }
 
 

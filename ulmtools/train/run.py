@@ -34,7 +34,7 @@ DENSE = ("deepstulm", "mspcn")
 #: The model store is rewritten at most this often during a run (and at its end);
 #: the resume state is written after every epoch.
 MODEL_WRITE_SECONDS = 60.0
-SCHEDULE_NAMES = "auto, paper-2d, paper-3d, cpu-2d, cpu-3d"
+SCHEDULE_NAMES = "auto, paper-2d, paper-3d, cpu-2d, cpu-3d, finetune"
 
 PathLike = str | os.PathLike[str]
 
@@ -50,11 +50,12 @@ def train(
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
-    channels: int = 16,
+    channels: int | None = None,
     input_kernel: int | None = None,
     deep_supervision: bool = False,
     pruning: bool = False,
     cascade: bool = False,
+    init: PathLike | None = None,
     input_mask: PathLike | None = None,
     input_threshold: float | None = None,
     backend: str = "builtin",
@@ -70,6 +71,12 @@ def train(
     or ``mspcn`` (the dense 2D baselines) or ``mask-cnn`` (the learned mask of ulm
     sparsify), the last three on an image store.  Returns the summary ``ulm train
     --json`` prints (None in the processes of a torchrun launch other than process 0).
+
+    ``init`` (a model store or ``shipped:2d|3d``) starts the sparse network from that
+    model's weights instead of a random initialisation (fine-tuning, e.g. on a lab's
+    own data or with noise added); its architecture is kept: width, input kernel and
+    classifiers come from it (``channels`` and ``input_kernel`` may only repeat them),
+    and a pruned model stays pruned.  ``channels`` defaults to 16, or ``init``'s.
     """
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHITECTURES)}")
@@ -93,6 +100,7 @@ def train(
         "--cascade": cascade,
         "--resume": resume,
         "--backend": backend != "builtin",
+        "--init": init is not None,
     }
     from ulmtools.train.distributed import torchrun_env
 
@@ -112,7 +120,7 @@ def train(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
-            channels=channels,
+            channels=16 if channels is None else channels,
             seed=seed,
             device=device,
             input_mask=input_mask,
@@ -134,8 +142,8 @@ def train(
         )
         _one_process(launch, arch)
         return _train_mask_cnn(
-            train_store, model_store, epochs, batch_size, lr, channels, seed, device, force,
-            progress,
+            train_store, model_store, epochs, batch_size, lr,
+            16 if channels is None else channels, seed, device, force, progress,
         )  # fmt: skip
 
     world = None
@@ -158,6 +166,7 @@ def train(
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
+            init=init,
             backend=backend,
             device=device,
             seed=seed,
@@ -190,11 +199,12 @@ def _train_sparse(
     epochs: int | None,
     batch_size: int | None,
     lr: float | None,
-    channels: int,
+    channels: int | None,
     input_kernel: int | None,
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
+    init: PathLike | None,
     backend: str,
     device: str,
     seed: int | None,
@@ -227,7 +237,14 @@ def _train_sparse(
             )
         sp.get_backend(backend)  # refuse an unavailable backend before any work
         torch_device = world.device if world is not None else resolve_device(device)
+        init_model = _init_model(init, data.dimension) if init is not None else None
         inputs = [train_store, *also] + ([val] if val is not None else [])
+        if init_model is not None:
+            inputs.append(init_model.path)
+            kw = init_model.kwargs
+            channels, input_kernel, deep_supervision, pruning = _init_architecture(
+                kw, channels, input_kernel, deep_supervision, pruning, cascade
+            )
 
         state = None
         if resume:
@@ -239,6 +256,11 @@ def _train_sparse(
                 config, stored, data, schedule, epochs, batch_size, lr, channels,
                 input_kernel, deep_supervision, pruning, cascade, backend, seed,
             )  # fmt: skip
+            if init_model is not None and (stored.get("init") or {}).get("id") != init_model.id:
+                raise UsageError(
+                    "--resume needs the --init model of the interrupted run",
+                    f"it started from {(stored.get('init') or {}).get('path', 'random weights')}",
+                )
             if main:
                 log.info(
                     "resuming %s after epoch %d of %d",
@@ -260,14 +282,16 @@ def _train_sparse(
                 )
             check_output(model_store, force=force, inputs=inputs)
             check_output(resume_path(model_store), force=True, inputs=inputs)
-            name = schedule if schedule != "auto" else f"cpu-{data.space_ndim}d"
+            name = schedule
+            if schedule == "auto":
+                name = "finetune" if init_model is not None else f"cpu-{data.space_ndim}d"
             sched = resolve_schedule(name, epochs=epochs, lr=lr, batch_size=batch_size)
             if seed is None:
                 seed = int(np.random.SeedSequence().entropy % (2**31))
             config = TrainConfig(
                 arch="sparse-deepstulm",
                 schedule=sched,
-                channels=channels,
+                channels=16 if channels is None else channels,
                 input_kernel=5 if input_kernel is None else input_kernel,
                 deep_supervision=deep_supervision,
                 pruning=pruning,
@@ -283,12 +307,15 @@ def _train_sparse(
 
     if state is None:
         state = new_state(config, data.dimension, torch_device)
+        if init_model is not None:
+            _load_init(state, init_model)
     training: dict[str, Any] = {
         "config": config.to_dict(),
         "model": {},
         "train": data.store.describe(),
         "also": [st.describe() for st in data.stores[1:]] if also else [],
         "val": val_data.store.describe() if val_data is not None else None,
+        "init": init_model.describe() if init_model is not None else None,
         "device": str(torch_device),
         "dimension": data.dimension,
         "grid": data.grid.to_attrs(),
@@ -298,15 +325,22 @@ def _train_sparse(
         "config": config.to_dict(),
         "device": str(torch_device),
         "resume": resume,
+        "init": str(init) if init is not None else None,
     }
     if world is not None:
         training["processes"] = world.size
         parameters["processes"] = world.size
     stores = [*getattr(data, "stores", [data.store])]
+    from ulmtools.store import open_store
+
+    # the --init model's own record (its data and training) comes first in the lineage
+    ancestry = [open_store(init_model.path, "model")] if init_model is not None else []
     entry = provenance_entry(
-        "train", parameters, stores + ([val_data.store] if val_data is not None else [])
+        "train",
+        parameters,
+        stores + ([val_data.store] if val_data is not None else []) + ancestry,
     )
-    prov = lineage(stores, entry)
+    prov = lineage(ancestry + stores, entry)
     if resume:
         from ulmtools.models.store import info as model_info
 
@@ -579,7 +613,7 @@ def _check_same(
     epochs: int | None,
     batch_size: int | None,
     lr: float | None,
-    channels: int,
+    channels: int | None,
     input_kernel: int | None,
     deep_supervision: bool,
     pruning: bool,
@@ -603,7 +637,7 @@ def _check_same(
         clashes.append(f"--batch-size {batch_size}")
     if lr is not None and abs(lr - s.lr[0][1]) > 1e-12 * max(lr, 1):
         clashes.append(f"--lr {lr} (stored {s.lr[0][1]})")
-    if channels != 16 and channels != config.channels:
+    if channels is not None and channels != config.channels:
         clashes.append(f"--channels {channels} (stored {config.channels})")
     if input_kernel is not None and input_kernel != config.input_kernel:
         clashes.append(f"--input-kernel {input_kernel} (stored {config.input_kernel})")
@@ -642,3 +676,70 @@ def _refuse(given: dict[str, bool], arch: str, takes: str) -> None:
             f"--arch {arch}",
             takes,
         )
+
+
+def _init_model(init: PathLike, dimension: int) -> Any:
+    """The metadata of the --init model, checked to be a Sparse Deep-stULM of ``dimension``."""
+    from ulmtools.infer.weights import resolve
+    from ulmtools.models.deepstulm import ARCHITECTURE
+    from ulmtools.models.store import info
+
+    meta = info(resolve(init))
+    if meta.name != ARCHITECTURE:
+        raise UsageError(
+            f"--init {init} holds a {meta.name!r} model; ulm train starts only a "
+            f"{ARCHITECTURE!r} model from trained weights",
+            "give a model made by 'ulm train' (or shipped:2d|3d)",
+        )
+    have = meta.kwargs.get("dimension")
+    if have != dimension:
+        raise UsageError(
+            f"--init {init} is a {int(have or 1) - 1}D+t model but the training data are "
+            f"{dimension - 1}D+t",
+            "start from a model of the data's dimension",
+        )
+    return meta
+
+
+def _init_architecture(
+    kw: dict[str, Any],
+    channels: int | None,
+    input_kernel: int | None,
+    deep_supervision: bool,
+    pruning: bool,
+    cascade: bool,
+) -> tuple[int, int, bool, bool]:
+    """Width, input kernel, classifiers and pruning of a run started from ``kw``'s model."""
+    clashes = []
+    if channels is not None and channels != kw.get("channels"):
+        clashes.append(f"--channels {channels} (the model's {kw.get('channels')})")
+    if input_kernel is not None and input_kernel != kw.get("input_kernel", 5):
+        clashes.append(f"--input-kernel {input_kernel} (the model's {kw.get('input_kernel', 5)})")
+    classifiers = bool(kw.get("deep_supervision"))
+    if (deep_supervision or pruning or cascade) and not classifiers:
+        clashes.append(
+            "--deep-supervision/--pruning/--cascade (the model has no intermediate classifiers)"
+        )
+    if clashes:
+        raise UsageError(
+            "--init keeps the model's architecture; these options contradict it: "
+            + "; ".join(clashes),
+            "drop them, or train from scratch without --init",
+        )
+    pruning = pruning or bool(kw.get("pruning"))
+    # a model with classifiers keeps training them (as deep supervision unless pruned)
+    deep_supervision = deep_supervision or (classifiers and not pruning and not cascade)
+    return int(kw["channels"]), int(kw.get("input_kernel", 5)), deep_supervision, pruning
+
+
+def _load_init(state: Any, meta: Any) -> None:
+    """Put the --init model's weights into the new network (same architecture)."""
+    from ulmtools.models.store import load_state
+
+    weights, _ = load_state(meta.path, device="cpu")
+    try:
+        state.model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise UsageError(f"--init {meta.path}: its weights do not fit ({detail})") from None
+    # the optimizer holds references to the parameters, which load_state_dict filled in place
