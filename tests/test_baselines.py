@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ulmtools.models import store as model_store
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.models.dense_deepstulm import DenseDeepStulm, activation_elements
 from ulmtools.models.mspcn import MSPCN, blurred_l1, local_maxima, refine
-from ulmtools.sparsify.synthetic import SyntheticConfig, write_synthetic_store
+from ulmtools.sparsify.synthetic import SyntheticConfig, default_grid, write_synthetic_store
 from ulmtools.store import open_store
 from ulmtools.train.baselines import BaselineTrainConfig, ImageMovies, build_baseline
 from ulmtools.train.data import SparseMovies
@@ -37,6 +38,13 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
     """Two tiny 2D movies (32 frames, 8x8): the image store and its sparse store."""
     sparse = make_sparse(tmp_path_factory.mktemp("base") / "sparse.zarr", (8, 8))
     return sparse.with_name(sparse.name + ".img.zarr"), sparse
+
+
+@pytest.fixture(scope="module")
+def other_image(tmp_path_factory) -> Path:
+    """Two more tiny movies like ``stores``' (another seed): an image store with truth."""
+    sparse = make_sparse(tmp_path_factory.mktemp("other") / "b.zarr", (8, 8), seed=2)
+    return sparse.with_name(sparse.name + ".img.zarr")
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +269,96 @@ def test_mspcn_overfits_two_tiny_movies(cli, stores, tmp_path):
     assert r.code == 0, r.err
     loc = json.loads(r.out)["methods"][0]["localization"]
     assert loc["sensitivity"] > 0.3 and loc["precision"] > 0.3, loc
+
+
+def test_also_and_val_train_on_the_union_and_validate_as_ulm_infer(
+    cli, stores, other_image, tmp_path
+):
+    image, _ = stores
+    model = tmp_path / "m.zarr"
+    # settings measured to give a non-zero validation Dice in the last epochs (~0.02-0.06)
+    r = cli("train", image, model, "--arch", "deepstulm", "--also", other_image,
+            "--val", image, "--epochs", "10", "--channels", "8", "--lr", "0.02",
+            "--seed", "0", "--device", "cpu", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["movies"] == 4  # TRAIN's 2 and --also's 2
+    meta = model_store.info(model)
+    history = meta.history
+    assert len(history) == 10 and all(h["val_dice"] is not None for h in history)
+    assert result["val_dice"] == history[-1]["val_dice"]
+    assert result["best_val_dice"] == max(h["val_dice"] for h in history) > 0
+    # every training store and the validation store are the run's inputs
+    ids = [open_store(p).id for p in (image, other_image, image)]
+    train_entry = meta.provenance[-1]
+    assert train_entry["stage"] == "train"
+    assert [i["id"] for i in train_entry["inputs"]] == ids
+    assert meta.training["movies"] == 4
+    assert [a["id"] for a in meta.training["also"]] == ids[1:2]
+    assert meta.training["val"]["id"] == ids[2]
+    # the last epoch's validation Dice is what ulm infer and ulm score give the model
+    pred = tmp_path / "pred.zarr"
+    r = cli("infer", model, image, pred, "--device", "cpu", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dice"] == pytest.approx(result["val_dice"], abs=1e-12)
+    r = cli("score", pred, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["methods"][0]["dice"] == pytest.approx(result["val_dice"], abs=1e-12)
+
+
+def test_mspcn_validates_on_the_masked_val_store_without_changing_the_training(
+    cli, stores, other_image, tmp_path
+):
+    image, _ = stores
+    args = ("--arch", "mspcn", "--epochs", "2", "--channels", "2", "--seed", "1",
+            "--input-threshold", "0.1", "--device", "cpu")  # fmt: skip
+    model = tmp_path / "m.zarr"
+    r = cli("train", image, model, "--val", other_image, *args)
+    assert r.code == 0, r.err
+    assert "validation Dice" in r.out and "of 2 movies" in r.out
+    assert len(r.out.strip().splitlines()) == 2
+    history = model_store.info(model).history
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["val_dice"] is not None for h in history)
+    # ulm infer repeats the training threshold (auto) on the val store: the same Dice
+    r = cli("infer", model, other_image, tmp_path / "p.zarr", "--device", "cpu", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dice"] == pytest.approx(history[-1]["val_dice"], abs=1e-12)
+    # validating draws no random numbers: the weights are those of a run without it
+    r = cli("train", image, tmp_path / "plain.zarr", *args)
+    assert r.code == 0, r.err
+    a, _ = model_store.load_state(model)
+    b, _ = model_store.load_state(tmp_path / "plain.zarr")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_also_refusals(cli, stores, other_image, tmp_path):
+    image, sparse = stores
+    short = tmp_path / "short.zarr"
+    write_synthetic_store(short, SyntheticConfig(movies=1, frames=16, shape=(8, 8), sigma=(1, 1)))
+    coarse = tmp_path / "coarse.zarr"
+    grid = default_grid((8, 8))
+    grid = replace(grid, spacing=tuple(2 * s for s in grid.spacing))
+    write_synthetic_store(
+        coarse, SyntheticConfig(movies=1, frames=32, shape=(8, 8), sigma=(1, 1)), grid=grid
+    )
+    for other, what in ((short, "16 frames of 8x8 pixels, not 32 of 8x8"), (coarse, "pixels of")):
+        out = tmp_path / f"o-{other.name}"
+        r = cli("train", image, out, "--arch", "deepstulm", "--also", other_image,
+                "--also", other, "--epochs", "1")  # fmt: skip
+        assert r.code == 3, r.err
+        assert len(r.err.strip().splitlines()) == 1, r.err
+        assert f"{other} does not match {image}" in r.err and what in r.err
+        assert not out.exists()
+    for flag, value in (("--also", other_image), ("--val", other_image)):
+        out = tmp_path / f"o{flag}.zarr"
+        r = cli("train", image, out, "--arch", "mspcn", "--input-mask", sparse, flag, value)
+        assert r.code == 2, r.err
+        assert len(r.err.strip().splitlines()) == 1, r.err
+        assert "--input-mask masks TRAIN's movies only" in r.err and flag in r.err
+        assert "--input-threshold" in r.err and not out.exists()
+    r = cli("train", image, tmp_path / "o-val.zarr", "--arch", "deepstulm", "--val", sparse)
+    assert r.code == 3 and "reads an image store" in r.err
+    r = cli("train", image, tmp_path / "o-mask.zarr", "--arch", "mask-cnn", "--also", image)
+    assert r.code == 2 and "--also does not apply to --arch mask-cnn" in r.err
+    assert not (tmp_path / "o-val.zarr").exists() and not (tmp_path / "o-mask.zarr").exists()

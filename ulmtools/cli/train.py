@@ -50,8 +50,11 @@ def train(
         list[Path] | None,
         typer.Option(
             "--also",
-            help="Another training sparse store (repeatable): its movies join TRAIN's, e.g. "
-            "other vessel networks, concentrations or noise levels (same dimension and grid).",
+            help="Another training store (repeatable): its movies join TRAIN's, e.g. other "
+            "vessel networks, concentrations or noise levels. sparse-deepstulm: a sparse store "
+            "of the same dimension and grid; deepstulm, mspcn: an image store with truth on "
+            "the same grid with as many frames per movie (--input-threshold masks it too; "
+            "refused with --input-mask). Not for mask-cnn.",
             show_default=False,
         ),
     ] = None,
@@ -59,7 +62,9 @@ def train(
         Path | None,
         typer.Option(
             "--val",
-            help="Validation sparse store with truth: its angiogram Dice is computed every epoch.",
+            help="Validation store with truth (sparse; an image store for deepstulm and mspcn, "
+            "masked by --input-threshold, refused with --input-mask): its angiogram Dice, as "
+            "ulm infer reports it, is computed after every epoch. Not for mask-cnn.",
             show_default=False,
         ),
     ] = None,
@@ -260,9 +265,12 @@ def _baseline_text(r: dict[str, Any], input_mask: Path | None) -> str:
             else f", input masked by the sites of {input_mask}"
         )
     dice = f", training Dice {r['dice']:.4f}" if r["dice"] is not None else ""
+    if r.get("val_dice") is not None:
+        dice += f", validation Dice {r['val_dice']:.4f} (best {r['best_val_dice']:.4f})"
+    movies = f" of {r['movies']} movies" if "movies" in r else ""
     return (
         f"{r['output']}: {r['architecture']} ({r['parameters']} parameters, 2D+t), "
-        f"{_epochs(r['epochs'])} on {r['device']}{masked}\n"
+        f"{_epochs(r['epochs'])}{movies} on {r['device']}{masked}\n"
         f"final loss {r['loss']:.4f}{dice}; {r['seconds']:.1f} s, "
         f"peak memory {r['peak_memory_mb']:.0f} MB"
     )

@@ -12,13 +12,17 @@ Both read the dense correlation (``corr``) of an image store with truth:
 The input may be masked by a dense-to-sparse rule (the paper's "dense model with
 masked input"): ``input_threshold`` keeps the pixels with abs(corr)^2 above it,
 ``input_mask`` the active sites of a sparse store of the same movies.
+
+Several image stores train as one set (:class:`ImageMovieSet`), and a validation
+store gives, after every epoch, the angiogram Dice that ``ulm infer`` reports
+(:func:`ulmtools.infer.dense.angiogram_dice`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ from ulmtools.store import Store, check_finite, open_store
 from ulmtools.train.data import open_truth
 
 BASELINES = ("deepstulm", "mspcn")
+#: movies are kept in memory after their first read when all of them fit in this
+CACHE_BYTES = 1 << 29
 #: Adam's learning rate by default; measured here, 1e-2 collapsed mSPCN to an all-zero output
 DEFAULT_LR = {"deepstulm": 1e-2, "mspcn": 3e-3}
 
@@ -99,7 +105,12 @@ class ImageMovies:
         )
         self._movies: dict[int, np.ndarray] = {}
         self._targets: dict[int, np.ndarray] = {}
-        self._cache = self.n * int(np.prod(self.shape)) * 8 <= 1 << 29
+        self._cache = self.movie_bytes <= CACHE_BYTES
+
+    @property
+    def movie_bytes(self) -> int:
+        """Bytes of all the movies as complex64, the size of the movie cache when full."""
+        return self.n * int(np.prod(self.shape)) * 8
 
     def _open_mask(self, path: Store | str | Path):
         from ulmtools.train.data import SparseMovies
@@ -171,6 +182,89 @@ class ImageMovies:
             inside &= (fr >= 0) & (fr < self.frames)
             out[fr[inside], idx[inside, 0], idx[inside, 1]] = True
         return out
+
+
+class ImageMovieSet:
+    """Several :class:`ImageMovies` trained on as one set: their movies one after another.
+
+    Every part must hold movies of the same shape (frames and grid) on the same pixel
+    spacing; part ``i``'s movie ``j`` is movie ``sum(len(parts[:i])) + j``.  Gives what
+    :func:`train_baseline` reads; ``store`` is the first part's, ``stores`` all of them.
+    """
+
+    def __init__(self, parts: Sequence[ImageMovies]) -> None:
+        if not parts:
+            raise InputError("no training store given")
+        self.parts = list(parts)
+        first = self.parts[0]
+        for p in self.parts[1:]:
+            _check_same_movies(first, p)
+        self.store = first.store
+        self.stores = [p.store for p in self.parts]
+        self.grid, self.fine_grid = first.grid, first.fine_grid
+        self.frames, self.shape, self.space_ndim = first.frames, first.shape, 2
+        self.truth = first.truth
+        self.mask = first.mask
+        self._start = np.cumsum([0] + [len(p) for p in self.parts])
+        # one memory limit for the whole set, not one per store
+        cache = sum(p.movie_bytes for p in self.parts) <= CACHE_BYTES
+        for p in self.parts:
+            p._cache = cache
+
+    @property
+    def masking(self) -> dict[str, Any] | None:
+        return self.parts[0].masking
+
+    def __len__(self) -> int:
+        return int(self._start[-1])
+
+    def _where(self, m: int) -> tuple[ImageMovies, int]:
+        if not 0 <= m < len(self):
+            raise IndexError(m)
+        i = int(np.searchsorted(self._start, m, side="right")) - 1
+        return self.parts[i], m - int(self._start[i])
+
+    def movie(self, m: int) -> np.ndarray:
+        p, j = self._where(m)
+        return p.movie(j)
+
+    def target(self, m: int) -> np.ndarray:
+        p, j = self._where(m)
+        return p.target(j)
+
+    def frame_targets(self, m: int) -> np.ndarray:
+        p, j = self._where(m)
+        return p.frame_targets(j)
+
+    def truth_angiogram(self, movies: Sequence[int] | None = None) -> np.ndarray:
+        out = np.zeros(self.fine_grid.shape, dtype=bool)
+        for m in range(len(self)) if movies is None else movies:
+            out |= self.target(m)
+        return out
+
+
+def _check_same_movies(first: ImageMovies, other: ImageMovies) -> None:
+    """Refuse a store whose movies differ from ``first``'s in shape or pixel spacing."""
+    differs = []
+    if other.shape != first.shape:
+        differs.append(
+            f"movies of {other.frames} frames of {_dims(other.grid.shape)} pixels, not "
+            f"{first.frames} of {_dims(first.grid.shape)}"
+        )
+    if not np.allclose(other.grid.spacing, first.grid.spacing, rtol=1e-6, atol=0):
+        um = [round(v * 1e6, 3) for v in other.grid.spacing]
+        first_um = [round(v * 1e6, 3) for v in first.grid.spacing]
+        differs.append(f"pixels of {_dims(um)} um, not {_dims(first_um)} um")
+    if differs:
+        raise InputError(
+            f"{other.store.path} does not match {first.store.path}: it has "
+            + " and ".join(differs),
+            "train on image stores beamformed on the same grid with as many frames per movie",
+        )
+
+
+def _dims(values: Sequence[Any]) -> str:
+    return "x".join(str(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -260,21 +354,31 @@ def peak_memory_mb() -> float:
 
 
 def train_baseline(
-    data: ImageMovies,
+    data: ImageMovies | ImageMovieSet,
     config: BaselineTrainConfig,
     *,
+    val: ImageMovies | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressCallback = no_progress,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[DenseDeepStulm | MSPCN, list[dict[str, Any]]]:
     """Train ``config.arch`` on ``data`` (with truth); the model (eval mode) and history.
 
     An epoch is one pass over the movies (deepstulm, ``batch`` movies per step) or
     over every frame of every movie in random order (mspcn, ``8 * batch`` frames
     per step).  The history records, per epoch: mean loss, the training Dice at
-    0.5 (deepstulm), learning rate, seconds and peak memory.
+    0.5 (deepstulm), learning rate, seconds, peak memory and ``val_dice``: with
+    ``val`` (an image store with truth), the angiogram Dice of the epoch's model on
+    it, as ``ulm infer`` computes it at its default threshold (else None).
+    Validation draws no random numbers, so it leaves the training unchanged.
+    ``on_epoch(record)`` runs after every epoch.
     """
+    from ulmtools.infer.dense import angiogram_dice
+
     if data.truth is None:
         raise InputError(f"{data.store.path} has no ground truth (truth/ group) to train on")
+    if val is not None and val.truth is None:
+        raise InputError(f"the validation store {val.store.path} has no ground truth")
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model = build_baseline(config).to(device)
@@ -311,17 +415,23 @@ def train_baseline(
                 loss = mspcn_step(model, opt, frames, targets, config, device)  # type: ignore[arg-type]
                 losses.append(loss)
                 progress(epoch * steps + i + 1, total, f"loss {loss:.4f}")
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "dice": 2 * inter / denom if denom else None,
-                "lr": config.lr,
-                "seconds": time.perf_counter() - start,
-                "steps": steps,
-                "peak_memory_mb": peak_memory_mb(),
-            }
-        )
+        seconds = time.perf_counter() - start
+        val_dice = None
+        if val is not None:
+            val_dice = angiogram_dice(model.eval(), val, device=device)
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "dice": 2 * inter / denom if denom else None,
+            "val_dice": val_dice,
+            "lr": config.lr,
+            "seconds": seconds,
+            "steps": steps,
+            "peak_memory_mb": peak_memory_mb(),
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
     return model.eval(), history
 
 
@@ -329,6 +439,7 @@ __all__ = [
     "BASELINES",
     "NO_3D",
     "BaselineTrainConfig",
+    "ImageMovieSet",
     "ImageMovies",
     "build_baseline",
     "train_baseline",

@@ -107,9 +107,9 @@ def train(
     launch = torchrun_env()
     if arch in DENSE:
         _refuse(
-            sparse_only,
+            {k: v for k, v in sparse_only.items() if k not in ("--also", "--val")},
             arch,
-            "it takes --epochs, --batch-size, --lr, --channels, --input-mask, "
+            "it takes --also, --val, --epochs, --batch-size, --lr, --channels, --input-mask, "
             "--input-threshold, --seed and --device",
         )
         _one_process(launch, arch)
@@ -117,6 +117,8 @@ def train(
             arch,
             train_store,
             model_store,
+            also=also,
+            val=val,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
@@ -512,6 +514,8 @@ def _train_baseline(
     train_store: Path,
     model_store: Path,
     *,
+    also: list[Path],
+    val: Path | None,
     epochs: int | None,
     batch_size: int | None,
     lr: float | None,
@@ -523,13 +527,23 @@ def _train_baseline(
     force: bool,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
-    """``--arch deepstulm|mspcn``: train a dense baseline on an image store."""
+    """``--arch deepstulm|mspcn``: train a dense baseline on image stores.
+
+    ``also``'s movies join ``train_store``'s; ``val`` is validated after every epoch.
+    ``input_threshold`` masks every store's input; ``input_mask`` (the sites of one
+    sparse store of ``train_store``'s movies) takes neither ``also`` nor ``val``.
+    """
     import numpy as np
 
     from ulmtools.device import resolve_device
     from ulmtools.models.store import save_model
     from ulmtools.store import check_output, lineage, provenance_entry
-    from ulmtools.train.baselines import BaselineTrainConfig, ImageMovies, train_baseline
+    from ulmtools.train.baselines import (
+        BaselineTrainConfig,
+        ImageMovies,
+        ImageMovieSet,
+        train_baseline,
+    )
     from ulmtools.train.config import check_channels, check_epochs, check_lr
 
     if batch_size is not None and batch_size < 1:
@@ -541,14 +555,27 @@ def _train_baseline(
     check_channels(channels)
     if input_mask is not None and input_threshold is not None:
         raise UsageError("give --input-mask or --input-threshold, not both")
-    data = ImageMovies(
-        train_store,
-        need_truth=True,
-        input_threshold=input_threshold,
-        input_mask=input_mask,
-        arch=arch,
-    )
-    inputs = [train_store] + ([input_mask] if input_mask is not None else [])
+    if input_mask is not None and (also or val is not None):
+        given = (("--also", bool(also)), ("--val", val is not None))
+        flags = " and ".join(flag for flag, on in given if on)
+        raise UsageError(
+            f"--input-mask masks TRAIN's movies only (one sparse store of them), so it does "
+            f"not combine with {flags}",
+            "mask every store with --input-threshold instead, or train on TRAIN alone",
+        )
+
+    def movies(path: Path, mask: Path | None = None) -> ImageMovies:
+        return ImageMovies(
+            path, need_truth=True, input_threshold=input_threshold, input_mask=mask, arch=arch
+        )
+
+    first = movies(train_store, input_mask)
+    data: ImageMovies | ImageMovieSet = first
+    if also:
+        data = ImageMovieSet([first, *(movies(p) for p in also)])
+    val_data = movies(val) if val is not None else None
+    inputs = [train_store, *also] + ([val] if val is not None else [])
+    inputs += [input_mask] if input_mask is not None else []
     check_output(model_store, force=force, inputs=inputs)
     torch_device = resolve_device(device)
     config = BaselineTrainConfig(arch=arch, channels=channels)
@@ -557,9 +584,25 @@ def _train_baseline(
     config = replace(
         config, seed=int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed
     )
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        val_text = f", val Dice {record['val_dice']:.4f}" if record["val_dice"] is not None else ""
+        log.info(
+            "epoch %d/%d: loss %.4f%s, %.1f s, peak %.0f MB",
+            record["epoch"],
+            config.epochs,
+            record["loss"],
+            val_text,
+            record["seconds"],
+            record["peak_memory_mb"],
+        )
+
     start = time.perf_counter()
-    model, history = train_baseline(data, config, device=torch_device, progress=progress)
-    sources = [data.store] + ([data.mask.store] if data.mask is not None else [])
+    model, history = train_baseline(
+        data, config, val=val_data, device=torch_device, progress=progress, on_epoch=on_epoch
+    )
+    stores = [*getattr(data, "stores", [data.store])]
+    sources = stores + ([first.mask.store] if first.mask is not None else [])
     entry = provenance_entry(
         "train",
         {
@@ -568,18 +611,22 @@ def _train_baseline(
             "input_masking": data.masking,
             "device": str(torch_device),
         },
-        sources,
+        sources + ([val_data.store] if val_data is not None else []),
     )
     last = history[-1] if history else {}
+    vals = [h["val_dice"] for h in history if h.get("val_dice") is not None]
     result: dict[str, Any] = {
         "output": str(model_store),
         "architecture": arch,
         "parameters": model.num_parameters(),
         "dimension": 3,
         "epochs": config.epochs,
+        "movies": len(data),
         "input_masking": data.masking,
         "loss": last.get("loss"),
         "dice": last.get("dice"),
+        "val_dice": last.get("val_dice"),
+        "best_val_dice": max(vals) if vals else None,
         "seconds": round(time.perf_counter() - start, 3),
         "peak_memory_mb": round(max(h["peak_memory_mb"] for h in history), 1),
         "device": str(torch_device),
@@ -593,6 +640,9 @@ def _train_baseline(
             "complete": True,
             "device": str(torch_device),
             "train": data.store.describe(),
+            "also": [st.describe() for st in stores[1:]],
+            "val": val_data.store.describe() if val_data is not None else None,
+            "movies": len(data),
             "input_masking": data.masking,
             "grid": data.grid.to_attrs(),
             "fine_grid": data.fine_grid.to_attrs(),
