@@ -168,8 +168,9 @@ def format_summary(s: dict[str, Any]) -> str:
         if t["val_dice"] is not None:
             val = f", validation Dice {t['val_dice']:.4f} (best {t['best_val_dice']:.4f})"
         start = f", started from {t['init']}" if t.get("init") else ""
+        of = f" of {t['schedule']}" if t.get("schedule") else ""  # the baselines have none
         lines.append(
-            f"training: {t['epochs']} epochs of {t['schedule']} on {t['train_stores']} "
+            f"training: {t['epochs']} epochs{of} on {t['train_stores']} "
             f"store(s){start}, {t['seconds']:.0f} s{val}"
         )
     if isinstance(s.get("card"), str) and s["card"].strip():
