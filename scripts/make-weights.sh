@@ -12,7 +12,8 @@
 # interrupted 'ulm train' continues from its checkpoint (--resume). Keep WORK to
 # resume; it is removed at the end unless KEEP=1.
 #
-# Variables (defaults: the shipped CPU recipes, ~70 min for 2D on 2 cores and ~50 min for
+# Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
+# stage 1 70, stage 2 30) and ~50 min for
 # 3D on one, on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
