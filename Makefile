@@ -13,7 +13,7 @@
 #   make weights   retrain the pretrained models shipped in ulmtools/weights (2D ~2 h, 3D ~50 min, 2 CPU cores;
 #                  resumable; WEIGHTS_3D=0 skips 3D, SCHEDULE=paper-2d DEVICE=cuda on a GPU)
 #   make paper     the reference paper's tables and figures into build/paper/SIZE/report.md
-#                  (SIZE=cpu ~2-3 h on 2 cores, tiny ~3 min, gpu the paper's sizes; -j2, resumable)
+#                  (SIZE=cpu ~50 min on 2 cores, tiny ~3-10 min, gpu the paper's sizes; -j2, resumable)
 #
 # On a GPU server, install a CUDA build of torch instead of the CPU one:
 #   make install TORCH_SPEC='torch>=2.4'

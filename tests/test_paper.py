@@ -158,6 +158,27 @@ def test_report_findings_follow_the_numbers() -> None:
     assert verdict(res) == "no"
 
 
+def test_report_flags_a_model_that_marks_nothing_or_everything(tmp_path: Path) -> None:
+    res = json.loads(FIXTURE.read_text())
+    methods = res["sets"]["tree2d"]["c5"]["methods"]
+    true = methods["sparse"]["pixels"]["true"]
+    methods["dense"]["pixels"]["predicted"] = 0
+    methods["sparse"]["pixels"]["predicted"] = true  # area 1: not flagged
+    fixture = tmp_path / "results.json"
+    fixture.write_text(json.dumps(res))
+    out = tmp_path / "out"
+    assert report.main([str(out), "--from-results", str(fixture)]) == 0
+    t1 = section((out / "report.md").read_text(), "Table I")
+    assert "**Dense Deep-stULM, trained here** marks no pixel above 0.5" in t1
+    assert "**Sparse Deep-stULM (shipped model)**" not in t1
+    row = next(r for h, rows in tables(t1) for r in rows if r[0].startswith("Sparse Deep-stULM (s"))
+    assert row[tables(t1)[0][0].index("map / truth area")] == "1.00"
+    methods["dense"]["pixels"]["predicted"] = 4 * true
+    fixture.write_text(json.dumps(res))
+    assert report.main([str(out), "--from-results", str(fixture)]) == 0
+    assert "marks 4.0x the truth's area" in section((out / "report.md").read_text(), "Table I")
+
+
 @pytest.mark.skipif(
     not PAPER_MD.is_file(), reason="the reference paper file is not beside the repo"
 )
