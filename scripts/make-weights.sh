@@ -28,6 +28,8 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
+#   FINETUNE_EPOCHS_3D=5         stage 2 (CPU recipe): as many fresh movies again join
+#                                stage 1's, training continued (--init, finetune); 0: stage 1 only
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -64,10 +66,12 @@ if [ "$SCHEDULE_3D" = paper-3d ]; then
     CHANNELS_3D=${CHANNELS_3D:-16}
     BATCH_3D=${BATCH_3D:-}
     INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-5}
+    FINETUNE_EPOCHS_3D=${FINETUNE_EPOCHS_3D:-0}
     MOVIES_3D=${MOVIES_3D:-16}
     FRAMES_3D=${FRAMES_3D:-512}
 else
     EPOCHS_3D=${EPOCHS_3D:-20}
+    FINETUNE_EPOCHS_3D=${FINETUNE_EPOCHS_3D:-5}
     CHANNELS_3D=${CHANNELS_3D:-8}
     BATCH_3D=${BATCH_3D:-1}
     INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-3}
@@ -202,14 +206,28 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     also3d=()
     for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
     model3d="$WORK/deepstulm-3d.zarr"
+    [ "$FINETUNE_EPOCHS_3D" != 0 ] && model3d="$WORK/deepstulm-3d-stage1.zarr"
     batch3d=()
     [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
     OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
         "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning
+    if [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
+        # stage 2: as many fresh movies again (other simulation seeds) join stage 1's,
+        # training continued from stage 1 at a low learning rate (--init, finetune)
+        for net in $TRAIN_NETS_3D; do
+            for c in $CONCENTRATIONS_3D; do
+                sparse3d "train3d-n$net-c$c-b" "$net" "$c" "$MOVIES_3D" "$((net * 100 + ${c%.*} + 50))"
+                also3d+=(--also "$WORK/train3d-n$net-c$c-b.zarr")
+            done
+        done
+        OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
+            "${train3d[0]}" "${also3d[@]}" --val "$WORK/val3d.zarr" --init "$model3d" \
+            --schedule finetune --epochs "$FINETUNE_EPOCHS_3D" "${batch3d[@]}"
+    fi
     rm -rf "$OUT/deepstulm-3d.zarr"
-    cp -r "$model3d" "$OUT/deepstulm-3d.zarr"
+    cp -r "$WORK/deepstulm-3d.zarr" "$OUT/deepstulm-3d.zarr"
     CARD3D=${CARD3D:-ulmtools/weights/deepstulm-3d.card.txt}
     [ -f "$CARD3D" ] && set_card "$OUT/deepstulm-3d.zarr" "$CARD3D"
     ulm info "$OUT/deepstulm-3d.zarr" >&2

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# The held-out 2D table of the model card (issue 12): test stores on a vessel network
-# never used to train, validate or tune anything (NET=101), each MODEL run through
+# The held-out tables of the model cards (issues 12, 13): test stores on a vessel network
+# never used to train, validate or tune anything (2D: NET=101, 3D: 103), each MODEL run through
 # 'ulm infer' and 'ulm track' (defaults, and the ideal N = the concentration) run on the
 # same movies, all scored by 'ulm score'; writes $WORK/heldout.json and prints the tables.
 #
-#   scripts/heldout-2d.sh [MODEL ...]        (default: shipped:2d)
-#   NET=101 MOVIES=8 FRAMES=512 CONCENTRATIONS="1 5 10 20" NOISE="0.1 0.25" NOISE_AT=5
-#   WORK=build/heldout-2d (kept: stores are made once, so a rerun scores new models only)
+#   scripts/heldout.sh [MODEL ...]             (default: shipped:2d)
+#   DIM=3 scripts/heldout.sh [MODEL ...]       (default: shipped:3d)
+#   2D: NET=101 MOVIES=8 FRAMES=512 CONCENTRATIONS="1 5 10 20" NOISE="0.1 0.25" NOISE_AT=5
+#   3D: NET=103 MOVIES=4 FRAMES=128 CONCENTRATIONS="1 10 30" NOISE="" (channel level too)
+#   WORK=build/heldout-${DIM}d (kept: stores are made once, so a rerun scores new models only)
 set -euo pipefail
 
-NET=${NET:-101}
-MOVIES=${MOVIES:-8}
-FRAMES=${FRAMES:-512}
-CONCENTRATIONS=${CONCENTRATIONS:-1 5 10 20}
-NOISE=${NOISE:-0.1 0.25}
+DIM=${DIM:-2}
+if [ "$DIM" = 3 ]; then
+    NET=${NET:-103}
+    MOVIES=${MOVIES:-4}
+    FRAMES=${FRAMES:-128}
+    CONCENTRATIONS=${CONCENTRATIONS:-1 10 30}
+    NOISE=${NOISE-}
+else
+    NET=${NET:-101}
+    MOVIES=${MOVIES:-8}
+    FRAMES=${FRAMES:-512}
+    CONCENTRATIONS=${CONCENTRATIONS:-1 5 10 20}
+    NOISE=${NOISE-0.1 0.25}
+fi
 NOISE_AT=${NOISE_AT:-5}
-WORK=${WORK:-build/heldout-2d}
+WORK=${WORK:-build/heldout-${DIM}d}
 models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(shipped:2d)
+[ ${#models[@]} -gt 0 ] || models=("shipped:${DIM}d")
 mkdir -p "$WORK"
 
 once() { # output-store command...: run the command (writing OUTPUT.part.zarr) unless done
@@ -32,7 +43,7 @@ sets=()
 for c in $CONCENTRATIONS; do
     base="$WORK/n$NET-c$c"
     if [ ! -d "$base-img.zarr" ]; then
-        ulm simulate "$base-raw.zarr" --dim 2 --movies "$MOVIES" --frames "$FRAMES" \
+        ulm simulate "$base-raw.zarr" --dim "$DIM" --movies "$MOVIES" --frames "$FRAMES" \
             --concentration "$c" --network-seed "$NET" --seed "$((NET * 100 + ${c%.*}))" -q -f
         once "$base-img.zarr" ulm beamform "$base-raw.zarr" "$base-img.part.zarr" -q -f
         rm -rf "$base-raw.zarr"
@@ -93,8 +104,17 @@ def name(s: str) -> str:
 print(f"Angiogram Dice, network {net}, {movies} movies x {frames} frames accumulated:\n")
 print("| method | " + " | ".join(name(s) for s in clean) + " |")
 print("|---" * (len(clean) + 1) + "|")
+def dice(r: dict) -> str:
+    proj = r.get("projected_dice")
+    if not proj:
+        return f"{r['dice']:.3f}"
+    axes = proj if isinstance(proj, dict) else {}
+    parts = " / ".join(f"{axes[a]:.2f}" for a in ("z", "x", "y") if a in axes)
+    return f"{r['dice']:.3f} ({parts})" if parts else f"{r['dice']:.3f}"
+
+
 for m, v in table.items():
-    print(f"| {m} | " + " | ".join(f"{v[s]['dice']:.3f}" if s in v else "" for s in clean) + " |")
+    print(f"| {m} | " + " | ".join(dice(v[s]) if s in v else "" for s in clean) + " |")
 print("\nDice after 1 / 2 / 4 / ... movies; per-movie Dice mean; map area / truth area:\n")
 print("| method | " + " | ".join(name(s) for s in clean) + " |")
 print("|---" * (len(clean) + 1) + "|")
