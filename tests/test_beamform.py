@@ -487,6 +487,28 @@ def test_svd_filter_removes_static_tissue_keeps_moving_bubble() -> None:
     assert np.array_equal(svd_filter(out, 0), out)
 
 
+def test_svd_filter_gives_the_same_bytes_with_any_blas_thread_count() -> None:
+    """OpenBLAS sums differently on more threads; the filter must not (Dask workers)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, numpy as np\n"
+        "from ulmtools.beamform.clutter import svd_filter\n"
+        "r = np.random.default_rng(0)\n"
+        "x = (r.standard_normal((32, 64, 64)) + 1j * r.standard_normal((32, 64, 64)))\n"
+        "print(hashlib.sha256(svd_filter(x.astype(np.complex64), 2).tobytes()).hexdigest())\n"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        digests.add(r.stdout.strip())
+    assert len(digests) == 1
+
+
 def test_svd_filter_wide_and_tall_casorati_agree() -> None:
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((12, 3, 3)) + 1j * rng.standard_normal((12, 3, 3))).astype(

@@ -7,6 +7,11 @@ frame and spread over the rest. The SVD is taken through the smaller of the
 two Gram matrices (frames x frames or pixels x pixels), whose
 eigenvectors are the singular vectors, so a 512-frame movie costs one
 Hermitian product and a small eigendecomposition.
+
+The BLAS and LAPACK calls run on one thread: OpenBLAS splits its sums differently
+with more threads, so the filtered movie's bytes depended on the thread count (a
+Dask worker, started with one BLAS thread, differed from the driver). Stages run
+movies in parallel (``--workers``) instead.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
+from threadpoolctl import threadpool_limits
 
 from ulmtools.errors import UsageError
 
@@ -22,7 +28,11 @@ __all__ = ["svd_filter"]
 
 def svd_filter(iq: np.ndarray, k: int) -> np.ndarray:
     """``iq`` (t, *space) complex, minus its ``k`` largest singular components."""
-    x = np.asarray(iq)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _svd_filter(np.asarray(iq), k)
+
+
+def _svd_filter(x: np.ndarray, k: int) -> np.ndarray:
     if k < 0:
         raise UsageError(f"the SVD cut-off must be >= 0, got {k}")
     n_t = x.shape[0]
