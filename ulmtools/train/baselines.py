@@ -37,7 +37,7 @@ from ulmtools.models.mask_cnn import as_input, soft_dice_loss
 from ulmtools.models.mspcn import MSPCN, blurred_l1
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, open_store
-from ulmtools.train.data import open_truth
+from ulmtools.train.data import Concatenated, open_truth
 
 BASELINES = ("deepstulm", "mspcn")
 #: movies are kept in memory after their first read when all of them fit in this
@@ -184,7 +184,7 @@ class ImageMovies:
         return out
 
 
-class ImageMovieSet:
+class ImageMovieSet(Concatenated):
     """Several :class:`ImageMovies` trained on as one set: their movies one after another.
 
     Every part must hold movies of the same shape (frames and grid) on the same pixel
@@ -205,7 +205,7 @@ class ImageMovieSet:
         self.frames, self.shape, self.space_ndim = first.frames, first.shape, 2
         self.truth = first.truth
         self.mask = first.mask
-        self._start = np.cumsum([0] + [len(p) for p in self.parts])
+        self._index()
         # one memory limit for the whole set, not one per store
         cache = sum(p.movie_bytes for p in self.parts) <= CACHE_BYTES
         for p in self.parts:
@@ -214,15 +214,6 @@ class ImageMovieSet:
     @property
     def masking(self) -> dict[str, Any] | None:
         return self.parts[0].masking
-
-    def __len__(self) -> int:
-        return int(self._start[-1])
-
-    def _where(self, m: int) -> tuple[ImageMovies, int]:
-        if not 0 <= m < len(self):
-            raise IndexError(m)
-        i = int(np.searchsorted(self._start, m, side="right")) - 1
-        return self.parts[i], m - int(self._start[i])
 
     def movie(self, m: int) -> np.ndarray:
         p, j = self._where(m)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -215,7 +216,27 @@ class SparseMovies:
         return out
 
 
-class MovieSet:
+class Concatenated:
+    """Movie ``m`` of parts laid one after another: the index arithmetic of a set."""
+
+    parts: list[Any]
+    _start: np.ndarray
+
+    def _index(self) -> None:
+        self._start = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._start[-1])
+
+    def _where(self, m: int) -> tuple[Any, int]:
+        """The part holding movie ``m`` and its index there."""
+        if not 0 <= m < len(self):
+            raise IndexError(m)
+        i = int(np.searchsorted(self._start, m, side="right")) - 1
+        return self.parts[i], m - int(self._start[i])
+
+
+class MovieSet(Concatenated):
     """Several sparse stores trained on as one set: their movies one after another.
 
     Every part must be of the same dimension and grid (the network's input and x8
@@ -246,20 +267,11 @@ class MovieSet:
         self.space_ndim = first.space_ndim
         self.shape = first.shape
         self.truth = first.truth
-        self._start = np.cumsum([0] + [len(p) for p in self.parts])
+        self._index()
 
     @property
     def dimension(self) -> int:
         return self.parts[0].dimension
-
-    def __len__(self) -> int:
-        return int(self._start[-1])
-
-    def _where(self, m: int) -> tuple[SparseMovies, int]:
-        if not 0 <= m < len(self):
-            raise IndexError(m)
-        i = int(np.searchsorted(self._start, m, side="right")) - 1
-        return self.parts[i], m - int(self._start[i])
 
     def sites(self, m: int) -> int:
         p, j = self._where(m)
