@@ -138,6 +138,22 @@ def test_output_lies_on_the_truth_grid(fixture: str, request) -> None:
         assert len(mine) == len(parents) * 8**data.space_ndim
 
 
+def test_cached_targets_are_the_truth_and_stay_small(data3d: Path) -> None:
+    data = SparseMovies(data3d, need_truth=True)
+    tracks = data.truth.tracks
+    for dilation in (0, 2):
+        first = data.target(1, dilation)
+        first[:] = False  # a caller's copy: changing it changes nothing cached
+        again = data.target(1, dilation)
+        fresh = SparseMovies(data3d, need_truth=True).target(1, dilation)
+        assert again.dtype == bool and np.array_equal(again, fresh)
+    assert np.array_equal(data.target(1), np.asarray(tracks[1]) > 0)
+    assert data.target(1, 2).sum() > data.target(1).sum()
+    # the cache holds voxel indices, not dense fine-grid volumes
+    dense = 2 * np.prod(data.fine_grid.shape)
+    assert data._cached_bytes < dense / 10
+
+
 def test_any_frame_count_gives_one_map() -> None:
     # 3000 frames: more than the 1024 the pooling covers; a global max finishes it.
     rng = np.random.default_rng(0)

@@ -62,6 +62,17 @@ def test_errors_carry_the_commands_exit_codes(data: Path, tmp_path: Path) -> Non
     assert err.value.exit_code == 4
 
 
+def test_a_validation_store_without_truth_is_named_as_such(cli, data: Path, tmp_path: Path):
+    bare = make_sparse(tmp_path / "bare.zarr", (8, 8), truth=False)
+    r = cli("train", data, tmp_path / "m.zarr", "--val", bare, "--epochs", "1", "--channels", "4")
+    assert r.code == 3
+    assert "no ground truth (truth/ group) to validate on" in r.err
+    assert "validate on a sparse store made from simulated data" in r.err
+    assert not (tmp_path / "m.zarr").exists()
+    r = cli("train", bare, tmp_path / "m.zarr", "--epochs", "1", "--channels", "4")
+    assert r.code == 3 and "to train on" in r.err
+
+
 def test_only_the_sparse_network_trains_under_torchrun(data: Path, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

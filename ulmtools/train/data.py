@@ -34,12 +34,13 @@ def dilate(tracks: np.ndarray, radius: int) -> np.ndarray:
 
 
 def open_truth(
-    store: Store, n: int, fine_grid: Grid, *, need_truth: bool, hint: str
+    store: Store, n: int, fine_grid: Grid, *, need_truth: bool, hint: str, purpose: str = "train on"
 ) -> Truth | None:
-    """The store's truth, checked against its ``n`` movies and the x8 ``fine_grid``."""
+    """The store's truth, checked against its ``n`` movies and the x8 ``fine_grid``;
+    ``purpose`` ("train on", "validate on") words the error when it is needed and missing."""
     truth = Truth(store) if store.has_truth else None
     if need_truth and truth is None:
-        raise InputError(f"{store.path} has no ground truth (truth/ group) to train on", hint)
+        raise InputError(f"{store.path} has no ground truth (truth/ group) to {purpose}", hint)
     if truth is not None:
         if truth.n_movies != n:
             raise InputError(f"{store.path}: truth has {truth.n_movies} movies, the data {n}")
@@ -61,7 +62,12 @@ class SparseMovies:
     """
 
     def __init__(
-        self, store: Store | str, *, need_truth: bool = False, min_power: float | None = None
+        self,
+        store: Store | str,
+        *,
+        need_truth: bool = False,
+        min_power: float | None = None,
+        purpose: str = "train on",
     ) -> None:
         #: when set, a movie's sites with real**2 + imag**2 <= min_power are left out
         #: (the stricter threshold a model was trained with, on a store sparsified lower)
@@ -115,7 +121,8 @@ class SparseMovies:
             self.n,
             self.fine_grid,
             need_truth=need_truth,
-            hint="train on a sparse store made from simulated data (ulm simulate, ulm sparsify)",
+            hint=f"{purpose} a sparse store made from simulated data (ulm simulate, ulm sparsify)",
+            purpose=purpose,
         )
         total = int(self.offsets[-1]) * 4 * (coords.shape[1] + 2)
         self._all: tuple[np.ndarray, np.ndarray] | None = None
@@ -125,9 +132,11 @@ class SparseMovies:
                 np.asarray(self.store.array("feats")[:], dtype=np.float32),
             )
         self._check_finite()
-        fine_bytes = int(np.prod(self.fine_grid.shape))
-        self._cache_targets = self.n * fine_bytes <= CACHE_BYTES
+        #: targets kept as the flat indices of their voxels: a dense 3D target is
+        #: 256^3 bytes (16.8 MB) where its tracks are ~0.1 % of it, so dense copies of
+        #: 128 movies, plain and dilated, were 4.3 GB of a training run's peak
         self._targets: dict[tuple[int, int], np.ndarray] = {}
+        self._cached_bytes = 0
 
     def _check_finite(self) -> None:
         """Refuse NaN or infinite features up front, naming the first bad movie."""
@@ -199,10 +208,14 @@ class SparseMovies:
         key = (m, int(dilation))
         hit = self._targets.get(key)
         if hit is not None:
-            return hit
+            t = np.zeros(self.fine_grid.shape, dtype=bool)
+            t.flat[hit] = True
+            return t
         t = dilate(np.asarray(self.truth.tracks[m]) > 0, dilation)
-        if self._cache_targets:
-            self._targets[key] = t
+        if self._cached_bytes <= CACHE_BYTES:
+            where = np.flatnonzero(t)
+            self._targets[key] = where
+            self._cached_bytes += where.nbytes
         return t
 
     def targets(self, movies: Sequence[int], dilation: int = 0) -> np.ndarray:

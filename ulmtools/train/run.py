@@ -231,7 +231,9 @@ def _train_sparse(
         data: Any = SparseMovies(train_store, need_truth=True)
         if also:
             data = MovieSet([data, *(SparseMovies(p, need_truth=True) for p in also)])
-        val_data = SparseMovies(val, need_truth=True) if val is not None else None
+        val_data = (
+            SparseMovies(val, need_truth=True, purpose="validate on") if val is not None else None
+        )
         if val_data is not None and val_data.dimension != data.dimension:
             raise UsageError(
                 f"the validation store is {val_data.space_ndim}D+t but the training store "
