@@ -15,7 +15,9 @@ cost at the start of training), the same with a 3^4 instead of a 5^4 input
 convolution (the block that dominates the step), and, with ``--unpruned``, the unpruned network
 (every generated site kept; expensive). Printed per block: forward seconds,
 sites out, and the share of the step spent building coordinate sets and kernel
-maps (``CoordinateManager``); then backward, Adam and peak memory.
+maps (``CoordinateManager``); then backward, Adam and peak memory; last, the
+bytes a training run keeps per movie for its targets (voxel indices) against
+dense fine-grid copies.
 
     python bench/bench_train3d.py                  # ~2 minutes on one core
     python bench/bench_train3d.py --frames 64 --unpruned
@@ -164,6 +166,7 @@ def main() -> None:
                 print(f"{label}: failed: {out.stderr.strip().splitlines()[-1:]}")
                 continue
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        cache = target_cache(data)
     print(f"\n3D+t training step, 32^3 x {args.frames} frames, {args.concentration:g} MB/FOV, "
           "width 8, 1 thread, built-in engine")  # fmt: skip
     labels = list(results)
@@ -186,6 +189,21 @@ def main() -> None:
         if len(labels) > j:
             a, b = results[labels[i]], results[labels[j]]
             print(f"step time ratio '{labels[i]}' / '{labels[j]}': {a['step_s'] / b['step_s']:.2f}")
+    print(f"training targets kept between epochs (plain and dilated by 2), per movie: "
+          f"{cache['kept'] / 1e6:.2f} MB as voxel indices against {cache['dense'] / 1e6:.1f} MB "
+          f"as dense volumes ({cache['dense'] / cache['kept']:.0f}x less)")  # fmt: skip
+
+
+def target_cache(data: str) -> dict[str, float]:
+    """Bytes a training run keeps per movie for its targets, against dense copies."""
+    from ulmtools.train.data import SparseMovies
+
+    movies = SparseMovies(data, need_truth=True)
+    dense = 0
+    for m in range(len(movies)):
+        for dilation in (0, 2):
+            dense += movies.target(m, dilation).nbytes
+    return {"kept": movies.cached_target_bytes / len(movies), "dense": dense / len(movies)}
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def test_cached_targets_are_the_truth_and_stay_small(data3d: Path) -> None:
     assert data.target(1, 2).sum() > data.target(1).sum()
     # the cache holds voxel indices, not dense fine-grid volumes
     dense = 2 * np.prod(data.fine_grid.shape)
-    assert data._cached_bytes < dense / 10
+    assert data.cached_target_bytes < dense / 10
 
 
 def test_any_frame_count_gives_one_map() -> None:

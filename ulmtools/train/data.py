@@ -218,6 +218,11 @@ class SparseMovies:
             self._cached_bytes += where.nbytes
         return t
 
+    @property
+    def cached_target_bytes(self) -> int:
+        """Bytes held by the target cache (voxel indices of the targets read so far)."""
+        return self._cached_bytes
+
     def targets(self, movies: Sequence[int], dilation: int = 0) -> np.ndarray:
         return np.stack([self.target(m, dilation) for m in movies])
 
