@@ -13,8 +13,8 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~50 min for
-# 3D on one, on this shared 2-core machine):
+# stage 1 70, stage 2 30) and ~80 min for
+# 3D on one (data 7 min, training 74), on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
@@ -23,7 +23,8 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~50 min on one core):
+#   3D (issue 13; defaults: the shipped CPU recipe, ~80 min on one core; 16 networks
+#   x 2 concentrations x 4 movies = 128 training movies):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
@@ -58,7 +59,7 @@ fi
 WEIGHTS_2D=${WEIGHTS_2D:-1}
 WEIGHTS_3D=${WEIGHTS_3D:-1}
 SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
-TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28}
+TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
