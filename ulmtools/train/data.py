@@ -15,7 +15,8 @@ from ulmtools.sparsify.io import movie_shape, n_movies, open_sparse
 from ulmtools.store import Store, check_finite
 from ulmtools.truth import Truth
 
-#: Below this many bytes the whole store's coords/feats are read once and kept.
+#: Below this many bytes the whole store's coords/feats are read once and kept; the
+#: target cache (voxel indices) stops growing past it too.
 CACHE_BYTES = 1 << 29
 
 
