@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from ulmtools.errors import InputError, UsageError
+from ulmtools.grid import Grid
 from ulmtools.models import store as model_store
 from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.sparsify.core import SparsifyConfig, sparsify_store
@@ -20,7 +22,7 @@ from ulmtools.store import create_store, open_store
 from ulmtools.train import loop
 from ulmtools.train.checkpoint import load_resume, resume_path, save_checkpoint
 from ulmtools.train.config import SCHEDULES, Schedule, TrainConfig, resolve_schedule
-from ulmtools.train.data import SparseMovies
+from ulmtools.train.data import Mirrored, SparseMovies, mirror_axes
 from ulmtools.truth import copy_truth
 
 
@@ -152,6 +154,56 @@ def test_cached_targets_are_the_truth_and_stay_small(data3d: Path) -> None:
     # the cache holds voxel indices, not dense fine-grid volumes
     dense = 2 * np.prod(data.fine_grid.shape)
     assert data.cached_target_bytes < dense / 10
+
+
+def _covered(coords: np.ndarray, target: np.ndarray) -> float:
+    """The fraction of a target's voxels whose coarse cell holds an active site."""
+    cells = {tuple(c) for c in coords[:, 1:].tolist()}
+    voxels = np.argwhere(target) // 8
+    return float(np.mean([tuple(v) in cells for v in voxels.tolist()]))
+
+
+def test_mirrored_movies_flip_sites_and_targets_together(data3d: Path) -> None:
+    data = SparseMovies(data3d, need_truth=True)
+    axes = mirror_axes(("x", "y"), data.grid)
+    assert axes == (1, 2)
+    originals = [data.movie(m) for m in range(len(data))]
+    seen = set()
+    for epoch in range(32):
+        seen |= {Mirrored(data, axes, seed=5, epoch=epoch).flips(m) for m in range(len(data))}
+    assert seen == {(), (1,), (2,), (1, 2)}  # each axis flipped, or not, at random
+    for epoch in range(6):
+        view = Mirrored(data, axes, seed=5, epoch=epoch)
+        assert len(view) == len(data) and view.fine_grid == data.fine_grid
+        for m, (coords, feats) in enumerate(originals):
+            flips = view.flips(m)
+            assert flips == Mirrored(data, axes, seed=5, epoch=epoch).flips(m)  # seeded
+            got, got_feats = view.movie(m)
+            want = coords.copy()
+            for a in flips:
+                want[:, 1 + a] = data.shape[1 + a] - 1 - want[:, 1 + a]
+            assert np.array_equal(got, want) and np.array_equal(got_feats, feats)
+            for dilation in (0, 2):
+                assert np.array_equal(
+                    view.target(m, dilation), np.flip(data.target(m, dilation), axis=flips)
+                )
+            # the sites stay on their bubbles: coarse cell i is fine voxels 8i .. 8i+7
+            assert _covered(got, view.target(m)) == _covered(coords, data.target(m)) > 0.5
+    for m, (coords, _) in enumerate(originals):
+        assert np.array_equal(data.movie(m)[0], coords)  # the data are not changed
+
+
+def test_mirror_refuses_depth_unknown_axes_and_off_centre_grids() -> None:
+    grid = Grid(("z", "x", "y"), (4, 6, 6), (0.01, -0.25e-3, -0.25e-3), (1e-4,) * 3)
+    assert mirror_axes(("y",), grid) == (2,)
+    with pytest.raises(UsageError, match="depth"):
+        mirror_axes(("z",), grid)
+    with pytest.raises(UsageError, match="no axis 'q'"):
+        mirror_axes(("q",), grid)
+    shifted = Grid(("z", "x", "y"), (4, 6, 6), (0.01, 0.0, -0.25e-3), (1e-4,) * 3)
+    assert mirror_axes(("y",), shifted) == (2,)
+    with pytest.raises(InputError, match="not centred on the probe along x"):
+        mirror_axes(("x",), shifted)
 
 
 def test_any_frame_count_gives_one_map() -> None:
@@ -312,6 +364,46 @@ def test_input_kernel_is_a_stored_architecture_choice(cli, data3d: Path, tmp_pat
     r = cli("train", img, fresh, "--arch", "mspcn", "--input-kernel", "3")
     assert r.code == 2 and "--input-kernel" in r.err
     assert not fresh.exists()
+
+
+def test_mirror_option_trains_on_mirrored_movies(
+    cli, data3d: Path, tmp_path: Path, monkeypatch
+) -> None:
+    args = ["--epochs", "2", "--channels", "4", "--pruning", "--seed", "1", "-q"]
+    plain, mirrored = tmp_path / "plain.zarr", tmp_path / "mirrored.zarr"
+    assert cli("train", data3d, plain, *args).code == 0
+    r = cli("train", data3d, mirrored, *args, "--mirror", "x,y")
+    assert r.code == 0, r.err
+    a, _ = model_store.load_state(plain)
+    b, meta = model_store.load_state(mirrored)
+    assert meta.training["config"]["mirror"] == ["x", "y"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # it trained on other movies
+    fresh = tmp_path / "n.zarr"
+    r = cli("train", data3d, fresh, "--mirror", "z")
+    assert r.code == 2 and "depth axis" in r.err
+    r = cli("train", data3d, fresh, "--mirror", "x,,y")
+    assert r.code == 2 and "empty axis" in r.err
+    img = data3d.with_name(data3d.name + ".img.zarr")
+    r = cli("train", img, fresh, "--arch", "mspcn", "--mirror", "x")
+    assert r.code == 2 and "--mirror" in r.err
+    assert not fresh.exists()
+    # --resume keeps the stored mirroring and refuses another
+    real = loop.run_epoch
+
+    def interrupt_in_epoch_2(state, *a, **kw):
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+        return real(state, *a, **kw)
+
+    part = tmp_path / "part.zarr"
+    monkeypatch.setattr(loop, "run_epoch", interrupt_in_epoch_2)
+    assert cli("train", data3d, part, *args, "--mirror", "x,y").code == 130
+    monkeypatch.setattr(loop, "run_epoch", real)
+    r = cli("train", data3d, part, "--resume", "--mirror", "x")
+    assert r.code == 2 and "--mirror x (stored x,y)" in r.err
+    assert cli("train", data3d, part, "--resume", "-q").code == 0
+    c, _ = model_store.load_state(part)
+    assert all(torch.equal(b[k], c[k]) for k in b)  # as the uninterrupted run
 
 
 def test_train_refusals(cli, data2d: Path, tmp_path: Path) -> None:

@@ -141,6 +141,18 @@ def train(
             "coarse to fine, before the schedule (implies the classifiers).",
         ),
     ] = False,
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            "--mirror",
+            metavar="AXES",
+            help="sparse-deepstulm: mirror each training movie at random along these lateral "
+            "axes (x, or x,y in 3D), with probability 1/2 per axis, movie and epoch: data "
+            "augmentation for acquisitions symmetric about the probe's centre (the presets "
+            "are); the grid must be centred on the probe.",
+            show_default=False,
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -226,6 +238,7 @@ def train(
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
+            mirror=mirror,
             init=init,
             input_mask=input_mask,
             input_threshold=input_threshold,

@@ -172,6 +172,10 @@ class TrainConfig:
     deep_supervision: bool = False
     pruning: bool = False
     cascade: bool = False
+    #: lateral axes ("x", "y") along which training movies are mirrored at random
+    #: (each with probability 1/2 per movie and epoch): data augmentation for
+    #: acquisitions symmetric about the probe's centre
+    mirror: tuple[str, ...] = ()
     backend: str = "builtin"
     seed: int = 0
     dice_smooth: float = 1e-3
@@ -247,6 +251,8 @@ class TrainConfig:
         s["lr"] = tuple((int(e), float(v)) for e, v in s["lr"])
         s["batch_size"] = tuple((int(e), int(v)) for e, v in s["batch_size"])
         rest = {k: v for k, v in d.items() if k != "schedule"}
+        if "mirror" in rest:
+            rest["mirror"] = tuple(rest["mirror"])
         return cls(schedule=Schedule(**s), **rest)
 
 

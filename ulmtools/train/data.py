@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ulmtools.errors import InputError
+from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
 from ulmtools.models.deepstulm import FACTOR
 from ulmtools.sparsify.io import movie_shape, n_movies, open_sparse
@@ -312,3 +312,83 @@ class MovieSet(Concatenated):
         for m in range(len(self)) if movies is None else movies:
             out |= self.target(m)
         return out
+
+
+def mirror_axes(names: Sequence[str], grid: Grid) -> tuple[int, ...]:
+    """The spatial axis indices of ``names`` (lateral axes of ``grid``) for
+    :class:`Mirrored`, refusing depth, an unknown axis or a grid not centred on it.
+
+    A movie mirrored along a lateral axis is a movie of the mirrored vessels only when
+    the acquisition is symmetric about the probe's centre (the 2D and 3D presets are:
+    a centred array, tilts in +/- pairs, none across ``y``) and the grid is centred
+    on it, which is checked here; the tilts are not in a sparse store."""
+    out = []
+    for name in names:
+        if name not in grid.axes:
+            raise UsageError(
+                f"--mirror {name}: the grid has no axis {name!r}",
+                f"mirror along lateral axes: {', '.join(grid.axes[1:])}",
+            )
+        a = grid.axes.index(name)
+        if a == 0:
+            raise UsageError(
+                f"--mirror {name}: {name} is the depth axis, along which images are not symmetric",
+                f"mirror along lateral axes: {', '.join(grid.axes[1:])}",
+            )
+        centre = grid.origin[a] + (grid.shape[a] - 1) / 2 * grid.spacing[a]
+        if abs(centre) > 1e-3 * grid.spacing[a]:
+            raise InputError(
+                f"--mirror {name}: the grid is not centred on the probe along {name} (its "
+                f"centre is at {centre * 1e3:.3g} mm), so a mirrored movie would be of "
+                "another field of view",
+                "train without --mirror on this data",
+            )
+        if a not in out:
+            out.append(a)
+    return tuple(out)
+
+
+class Mirrored:
+    """A training set whose movies are seen mirrored along some lateral ``axes``.
+
+    Movie ``m`` in epoch ``epoch`` is flipped along each axis with probability 1/2,
+    drawn from ``numpy.random.default_rng([seed, epoch, m])`` (so a resumed run, and
+    every process of a torchrun launch, sees the same); its sites' coordinates and
+    its targets are flipped together. Everything else is ``data``'s.
+    """
+
+    def __init__(self, data: Any, axes: Sequence[int], seed: int, epoch: int) -> None:
+        self.data = data
+        self.axes = tuple(axes)
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.data, name)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def flips(self, m: int) -> tuple[int, ...]:
+        """The spatial axes movie ``m`` is mirrored along in this epoch."""
+        if not self.axes:
+            return ()
+        draw = np.random.default_rng([self.seed, self.epoch, int(m)]).integers(0, 2, len(self.axes))
+        return tuple(a for a, d in zip(self.axes, draw) if d)
+
+    def movie(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        coords, feats = self.data.movie(m)
+        flips = self.flips(m)
+        if flips:
+            coords = coords.copy()
+            for a in flips:
+                coords[:, 1 + a] = self.data.shape[1 + a] - 1 - coords[:, 1 + a]
+        return coords, feats
+
+    def target(self, m: int, dilation: int = 0) -> np.ndarray:
+        t = self.data.target(m, dilation)
+        flips = self.flips(m)
+        return np.ascontiguousarray(np.flip(t, axis=flips)) if flips else t
+
+    def targets(self, movies: Sequence[int], dilation: int = 0) -> np.ndarray:
+        return np.stack([self.target(m, dilation) for m in movies])

@@ -1,7 +1,8 @@
 """The training loop: Adam, soft Dice, per-epoch validation, checkpoints and resume.
 
 Determinism: the network is initialised from ``torch.manual_seed(seed)``; the
-movie order of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])``;
+movie order of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])`` (and
+movie ``m``'s mirroring, with ``--mirror``, from ``[seed, e, m]``);
 the built-in sparse engine is deterministic.  A checkpoint holds the weights,
 the optimizer state and the history, so a resumed run continues exactly where
 an uninterrupted one would be.
@@ -25,7 +26,7 @@ from ulmtools.errors import InputError
 from ulmtools.models.deepstulm import FACTOR, HR_LEVELS, DeepStulmOutput, Guide, SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.train.config import TrainConfig
-from ulmtools.train.data import SparseMovies
+from ulmtools.train.data import Mirrored, SparseMovies, mirror_axes
 from ulmtools.train.loss import lookup, pooled_targets, sparse_dice_loss
 
 if TYPE_CHECKING:
@@ -167,6 +168,8 @@ def run_epoch(
     for g in state.optimizer.param_groups:
         g["lr"] = phase["lr"]
     order = np.random.default_rng([config.seed, epoch]).permutation(len(data)).tolist()
+    if config.mirror:
+        data = Mirrored(data, mirror_axes(config.mirror, data.grid), config.seed, epoch)
     bs = phase["batch_size"]
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
     if device.type == "cuda":

@@ -55,6 +55,7 @@ def train(
     deep_supervision: bool = False,
     pruning: bool = False,
     cascade: bool = False,
+    mirror: str | Sequence[str] | None = None,
     init: PathLike | None = None,
     input_mask: PathLike | None = None,
     input_threshold: float | None = None,
@@ -77,6 +78,10 @@ def train(
     own data or with noise added); its architecture is kept: width, input kernel and
     classifiers come from it (``channels`` and ``input_kernel`` may only repeat them),
     and a pruned model stays pruned.  ``channels`` defaults to 16, or ``init``'s.
+
+    ``mirror`` (``"x"``, ``"x,y"`` or a sequence of lateral axis names) mirrors each
+    training movie at random along those axes, every epoch (data augmentation, for
+    acquisitions symmetric about the probe's centre, as the presets are).
     """
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHITECTURES)}")
@@ -98,6 +103,7 @@ def train(
         "--deep-supervision": deep_supervision,
         "--pruning": pruning,
         "--cascade": cascade,
+        "--mirror": bool(mirror),
         "--resume": resume,
         "--backend": backend != "builtin",
         "--init": init is not None,
@@ -168,6 +174,7 @@ def train(
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
+            mirror=_mirror_names(mirror),
             init=init,
             backend=backend,
             device=device,
@@ -206,6 +213,7 @@ def _train_sparse(
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
+    mirror: tuple[str, ...],
     init: PathLike | None,
     backend: str,
     device: str,
@@ -226,7 +234,7 @@ def _train_sparse(
         from ulmtools.store import check_output, lineage, provenance_entry
         from ulmtools.train.checkpoint import load_resume, resume_path
         from ulmtools.train.config import TrainConfig, resolve_schedule
-        from ulmtools.train.data import MovieSet, SparseMovies
+        from ulmtools.train.data import MovieSet, SparseMovies, mirror_axes
 
         data: Any = SparseMovies(train_store, need_truth=True)
         if also:
@@ -239,6 +247,7 @@ def _train_sparse(
                 f"the validation store is {val_data.space_ndim}D+t but the training store "
                 f"is {data.space_ndim}D+t"
             )
+        mirror_axes(mirror, data.grid)  # refuse a mirror the data do not allow
         sp.get_backend(backend)  # refuse an unavailable backend before any work
         torch_device = world.device if world is not None else resolve_device(device)
         init_model = _init_model(init, data.dimension) if init is not None else None
@@ -258,7 +267,7 @@ def _train_sparse(
             state, config, stored = load_resume(model_store, torch_device)
             _check_same(
                 config, stored, data, schedule, epochs, batch_size, lr, channels,
-                input_kernel, deep_supervision, pruning, cascade, backend, seed,
+                input_kernel, deep_supervision, pruning, cascade, mirror, backend, seed,
             )  # fmt: skip
             if init_model is not None and (stored.get("init") or {}).get("id") != init_model.id:
                 raise UsageError(
@@ -300,6 +309,7 @@ def _train_sparse(
                 deep_supervision=deep_supervision,
                 pruning=pruning,
                 cascade=cascade,
+                mirror=mirror,
                 backend=backend,
                 seed=seed,
             )
@@ -670,6 +680,7 @@ def _check_same(
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
+    mirror: tuple[str, ...],
     backend: str,
     seed: int | None,
 ) -> None:
@@ -700,6 +711,9 @@ def _check_same(
     ):
         if given and not have:
             clashes.append(f"{flag} (not in the stored run)")
+    if mirror and mirror != tuple(config.mirror):
+        stored_mirror = ",".join(config.mirror) or "none"
+        clashes.append(f"--mirror {','.join(mirror)} (stored {stored_mirror})")
     if backend != "builtin" and backend != config.backend:
         clashes.append(f"--backend {backend} (stored {config.backend})")
     if seed is not None and seed != config.seed:
@@ -710,6 +724,20 @@ def _check_same(
             + "; ".join(clashes),
             "drop them, or start a new run",
         )
+
+
+def _mirror_names(mirror: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--mirror``'s axis names: "x,y" or a sequence, in order, without repeats."""
+    if not mirror:
+        return ()
+    parts = mirror.split(",") if isinstance(mirror, str) else list(mirror)
+    names: list[str] = []
+    for p in (str(p).strip() for p in parts):
+        if not p:
+            raise UsageError(f"--mirror {mirror!r} names an empty axis", "give e.g. --mirror x,y")
+        if p not in names:
+            names.append(p)
+    return tuple(names)
 
 
 def _duration(seconds: float) -> str:
