@@ -9,6 +9,9 @@
 #   2D: NET=101 MOVIES=8 FRAMES=512 CONCENTRATIONS="1 5 10 20" NOISE="0.1 0.25" NOISE_AT=5
 #   3D: NET=103 MOVIES=4 FRAMES=128 CONCENTRATIONS="1 10 30" NOISE="" (channel level too)
 #   WORK=build/heldout-${DIM}d (kept: stores are made once, so a rerun scores new models only)
+#   INFER_ARGS="--mirror none --threshold 0.5" TAG=-plain   extra 'ulm infer' options (e.g. to
+#                                score a model without the inference it recommends), and a tag
+#                                for its prediction stores
 set -euo pipefail
 
 DIM=${DIM:-2}
@@ -27,6 +30,7 @@ else
 fi
 NOISE_AT=${NOISE_AT:-5}
 WORK=${WORK:-build/heldout-${DIM}d}
+read -r -a infer_args <<<"${INFER_ARGS:-}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("shipped:${DIM}d")
 mkdir -p "$WORK"
@@ -66,12 +70,13 @@ done
 
 scores=()
 for m in "${models[@]}"; do
-    tag=$(basename "${m//:/-}" .zarr)
+    tag=$(basename "${m//:/-}" .zarr)${TAG:-}
     for s in "${sets[@]}"; do
         pred="$WORK/n$NET-$s-$tag.zarr"
-        once "$pred" ulm infer "$m" "$WORK/n$NET-$s-sp.zarr" "${pred%.zarr}.part.zarr" -q -f
+        once "$pred" ulm infer "$m" "$WORK/n$NET-$s-sp.zarr" "${pred%.zarr}.part.zarr" \
+            "${infer_args[@]}" -q -f
         [ -f "$pred.json" ] || ulm score "$pred" -o "$pred.json" -q >/dev/null
-        scores+=("$m|$s|$pred.json")
+        scores+=("$m${TAG:-}|$s|$pred.json")
     done
 done
 for c in $CONCENTRATIONS; do

@@ -29,6 +29,10 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
+#   MIRROR_3D=x,y                training movies mirrored at random along x and y (ulm train
+#                                --mirror; empty: off)
+#   INFER_ADVICE_3D=1            choose the test-time mirroring and threshold ulm infer uses
+#                                by default on the validation movies (kept if it gains >= 0.01)
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
@@ -62,6 +66,8 @@ SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
 TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
+MIRROR_3D=${MIRROR_3D-x,y}
+INFER_ADVICE_3D=${INFER_ADVICE_3D:-1}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
@@ -93,6 +99,49 @@ import zarr
 
 zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
 PY
+}
+
+# Record in MODEL the inference it recommends (its 'inference' attribute, which
+# 'ulm infer --mirror auto' and its default threshold follow): maps averaged over the
+# mirror images along AXES, at the threshold (0.20 ... 0.50) with the best Dice on VAL,
+# when that beats plain inference (threshold 0.5) by >= 0.01; else no recommendation.
+infer_advice() { # model val-store axes val-network
+    local model=$1 val=$2 axes=$3 net=$4
+    OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm infer "$model" "$val" "$WORK/advice-plain.zarr" \
+        --mirror none --threshold 0.5 -q -f
+    OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm infer "$model" "$val" "$WORK/advice-mirror.zarr" \
+        --mirror "$axes" --threshold 0.5 --min-probability 0.01 -q -f
+    python - "$model" "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr" "$axes" "$net" <<'PY'
+import sys
+
+import zarr
+
+from ulmtools.infer.core import dice_by_threshold
+from ulmtools.store import open_store
+
+model, plain, mirrored, axes, net = sys.argv[1:]
+base = float(open_store(plain, "prediction").attrs["dice"])
+sweep = dice_by_threshold(mirrored, [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
+best = max(sweep, key=sweep.get)
+movies = int(open_store(plain, "prediction").attrs["movies"])
+table = ", ".join(f"{t:g}: {d:.4f}" for t, d in sweep.items())
+print(f"validation Dice, plain {base:.4f}; mirrored along {axes}, by threshold: {table}",
+      file=sys.stderr)
+attrs = zarr.open_group(model, mode="r+").attrs
+if sweep[best] >= base + 0.01:
+    attrs["inference"] = {
+        "mirror": axes.split(","),
+        "threshold": best,
+        "chosen": f"on validation network {net}, {movies} movies: Dice {base:.3f} plain, "
+        f"{sweep[best]:.3f} so",
+    }
+    print(f"recommended: --mirror {axes} --threshold {best:g}", file=sys.stderr)
+else:
+    if "inference" in attrs:
+        del attrs["inference"]
+    print("no recommendation: mirroring gains < 0.01", file=sys.stderr)
+PY
+    rm -rf "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr"
 }
 
 # A 2D image store: simulate (channel level) -> beamform, made once (kept in WORK: the
@@ -211,10 +260,12 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     [ "$FINETUNE_EPOCHS_3D" != 0 ] && model3d="$WORK/deepstulm-3d-stage1.zarr"
     batch3d=()
     [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
+    mirror3d=()
+    [ -n "$MIRROR_3D" ] && mirror3d=(--mirror "$MIRROR_3D")
     OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
         "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
-        --input-kernel "$INPUT_KERNEL_3D" --pruning
+        --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"
     if [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
         # stage 2: as many fresh movies again (other simulation seeds) join stage 1's,
         # training continued from stage 1 at a low learning rate (--init, finetune)
@@ -227,6 +278,12 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
             "${train3d[0]}" "${also3d[@]}" --val "$WORK/val3d.zarr" --init "$model3d" \
             --schedule finetune --epochs "$FINETUNE_EPOCHS_3D" "${batch3d[@]}"
+    fi
+    if [ "$INFER_ADVICE_3D" != 0 ]; then
+        # what 'ulm infer' does by default with this model, chosen on the validation
+        # movies (never on test networks): test-time mirroring along x and y and the
+        # threshold of the mean map, kept when it gains >= 0.01 Dice over plain inference
+        infer_advice "$WORK/deepstulm-3d.zarr" "$WORK/val3d.zarr" x,y "$VAL_NET_3D"
     fi
     rm -rf "$OUT/deepstulm-3d.zarr"
     cp -r "$WORK/deepstulm-3d.zarr" "$OUT/deepstulm-3d.zarr"

@@ -204,3 +204,161 @@ def test_input_threshold_follows_the_model(cli, sparse2d: Path, tmp_path: Path) 
     assert ((f**2).sum(1) > 0.25).all() and len(c) == len(f)
     assert open_store(tmp_path / "p-auto.zarr").attrs["input_threshold"] == 0.25
     assert cli("infer", path, sparse2d, tmp_path / "x.zarr", "--input-threshold", "x").code == 2
+
+
+@pytest.fixture(scope="module")
+def sparse3d(tmp_path_factory) -> Path:
+    return make_sparse(tmp_path_factory.mktemp("i3") / "s3.zarr", (6, 6, 6), frames=16)
+
+
+@pytest.fixture(scope="module")
+def model3d(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    net = SparseDeepStulm(dimension=4, channels=4)
+    with torch.no_grad():  # weights far from the initialisation: maps that vary
+        for w in net.parameters():
+            w.add_(0.5 * torch.randn_like(w))
+    path = tmp_path_factory.mktemp("m3") / "m3.zarr"
+    model_store.save_model(path, net)
+    return path
+
+
+def _dense(coords: np.ndarray, prob: np.ndarray, shape) -> np.ndarray:
+    out = np.zeros(shape, np.float64)
+    out[tuple(coords.T.astype(np.int64))] = prob
+    return out
+
+
+def test_mirrored_prediction_is_the_mean_of_the_mirror_images(
+    sparse3d: Path, model3d: Path
+) -> None:
+    net, _ = model_store.load(model3d)
+    data = SparseMovies(sparse3d)
+    shape, fine = data.shape[1:], tuple(data.fine_grid.shape)
+    movie = data.movie(0)
+    ((c, p),) = predict(net, [movie], mirror=(1, 2), shape=shape)
+    assert np.array_equal(c, np.unique(c, axis=0))  # sorted, one row per site
+    # brute force: each mirror image predicted alone, mirrored back, densely averaged
+    want = np.zeros(fine)
+    for flips in [(), (1,), (2,), (1, 2)]:
+        coords = movie[0].copy()
+        for a in flips:
+            coords[:, 1 + a] = shape[a] - 1 - coords[:, 1 + a]
+        ((fc, fp),) = predict(net, [(coords, movie[1])])
+        want += np.flip(_dense(fc, fp, fine), axis=flips) / 4
+    np.testing.assert_allclose(_dense(c, p, fine), want, atol=1e-6)
+    assert np.ptp(p) > 0.1  # a map that varies, and mirroring changes it
+    assert np.abs(want - _dense(*predict(net, [movie])[0], fine)).max() > 0.01
+    # the mean over the mirror images is itself mirror-symmetric: a mirrored movie's
+    # map is the mirrored map
+    flipped = movie[0].copy()
+    flipped[:, 2] = shape[1] - 1 - flipped[:, 2]
+    ((c2, p2),) = predict(net, [(flipped, movie[1])], mirror=(1, 2), shape=shape)
+    np.testing.assert_allclose(_dense(c2, p2, fine), np.flip(want, 1), atol=1e-6)
+
+
+def test_infer_mirror_option_and_the_models_advice(
+    cli, sparse3d: Path, model3d: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import zarr
+
+    plain, mirrored = tmp_path / "plain.zarr", tmp_path / "mirrored.zarr"
+    assert cli("infer", model3d, sparse3d, plain, "-q").code == 0
+    r = cli("infer", model3d, sparse3d, mirrored, "--mirror", "x,y", "--json")
+    assert r.code == 0, r.err
+    a, b = open_store(plain, "prediction"), open_store(mirrored, "prediction")
+    assert a.attrs["mirror"] == [] and b.attrs["mirror"] == ["x", "y"]
+    assert a.attrs["threshold"] == b.attrs["threshold"] == 0.5
+    assert b.array("coords").shape[0] >= a.array("coords").shape[0] > 0
+    # a model store may recommend its inference settings (chosen on validation data)
+    advised = tmp_path / "advised.zarr"
+    shutil.copytree(model3d, advised)
+    zarr.open_group(advised, mode="r+").attrs["inference"] = {"mirror": ["x", "y"],
+                                                              "threshold": 0.3}  # fmt: skip
+    out = tmp_path / "auto.zarr"
+    assert cli("infer", advised, sparse3d, out, "-q").code == 0
+    auto = open_store(out, "prediction")
+    assert auto.attrs["mirror"] == ["x", "y"] and auto.attrs["threshold"] == 0.3
+    assert np.array_equal(auto.array("coords")[:], b.array("coords")[:])
+    out = tmp_path / "none.zarr"
+    assert cli("infer", advised, sparse3d, out, "--mirror", "none", "--threshold", "0.5").code == 0
+    assert np.array_equal(
+        open_store(out, "prediction").array("angiogram")[...], a.array("angiogram")[...]
+    )
+    bad = tmp_path / "bad.zarr"
+    r = cli("infer", model3d, sparse3d, bad, "--mirror", "z")
+    assert r.code == 2 and "depth axis" in r.err
+    r = cli("infer", model3d, sparse3d, bad, "--mirror", "w")
+    assert r.code == 2 and "no axis 'w'" in r.err
+    from ulmtools.models.mspcn import MSPCN
+
+    dense = tmp_path / "mspcn.zarr"
+    model_store.save_model(dense, MSPCN())
+    img2d = make_sparse(tmp_path / "s2.zarr", (8, 8), frames=8, movies=1)
+    r = cli("infer", dense, img2d.with_name(img2d.name + ".img.zarr"), bad, "--mirror", "x")
+    assert r.code == 2 and "--mirror applies to the sparse model" in r.err
+    assert not bad.exists()
+
+
+def test_info_shows_the_inference_a_model_recommends(cli, model3d: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import zarr
+
+    advised = tmp_path / "advised.zarr"
+    shutil.copytree(model3d, advised)
+    assert "ulm infer uses" not in cli("info", advised).out
+    zarr.open_group(advised, mode="r+").attrs["inference"] = {
+        "mirror": ["x", "y"],
+        "threshold": 0.35,
+        "chosen": "on validation network 42",
+    }
+    r = cli("info", advised)
+    assert r.code == 0
+    assert "ulm infer uses: --mirror x,y --threshold 0.35 (on validation network 42)" in r.out
+
+
+def test_dice_by_threshold_is_what_infer_gives(cli, sparse3d: Path, model3d: Path, tmp_path):
+    from ulmtools.errors import UsageError
+    from ulmtools.infer.core import dice_by_threshold
+
+    base = tmp_path / "base.zarr"
+    assert cli("infer", model3d, sparse3d, base, "--mirror", "x,y", "--min-probability", "0.05",
+               "-q").code == 0  # fmt: skip
+    swept = dice_by_threshold(base, [0.1, 0.3, 0.6])
+    assert len(set(swept.values())) > 1
+    for t, d in swept.items():
+        out = tmp_path / f"t{t}.zarr"
+        assert cli("infer", model3d, sparse3d, out, "--mirror", "x,y", "--threshold", str(t),
+                   "-q").code == 0  # fmt: skip
+        assert open_store(out, "prediction").attrs["dice"] == pytest.approx(d, abs=1e-12)
+    with pytest.raises(UsageError, match="below the stored maps' min_probability"):
+        dice_by_threshold(base, [0.01])
+
+
+def test_recommended_mirroring_is_skipped_on_an_off_centre_grid(
+    cli, model3d: Path, tmp_path: Path, caplog
+) -> None:
+    import shutil
+
+    import zarr
+
+    from ulmtools.grid import Grid
+
+    advised = tmp_path / "advised.zarr"
+    shutil.copytree(model3d, advised)
+    zarr.open_group(advised, mode="r+").attrs["inference"] = {"mirror": ["x", "y"]}
+    data = make_sparse(tmp_path / "s.zarr", (6, 6, 6), frames=16, movies=1)
+    g = zarr.open_group(data, mode="r+")
+    grid = Grid.from_attrs(g.attrs["grid"])
+    shifted = Grid(grid.axes, grid.shape, (grid.origin[0], 0.0, 0.0), grid.spacing)
+    g.attrs["grid"] = {**g.attrs["grid"], **shifted.to_attrs()}
+    out = tmp_path / "p.zarr"
+    r = cli("infer", advised, data, out)
+    assert r.code == 0, r.err
+    assert "not mirroring as the model recommends" in r.err
+    assert open_store(out, "prediction").attrs["mirror"] == []
+    r = cli("infer", advised, data, tmp_path / "q.zarr", "--mirror", "x")  # asked for: refused
+    assert r.code == 3 and "not centred on the probe along x" in r.err

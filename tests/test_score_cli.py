@@ -526,6 +526,13 @@ def test_real_pipeline_scored_end_to_end(cli: Cli, real_sim: Path, tmp_path: Pat
     # Scoring against the simulation store itself gives the same answer.
     r2 = cli("score", pred, "--truth", real_sim, "--json", "-q")
     assert json.loads(r2.out)["methods"][0]["dice"] == pytest.approx(m["dice"])
+    # a prediction made at another --threshold is scored at that threshold, as infer did
+    low = tmp_path / "low.zarr"
+    assert cli("infer", "shipped:2d", sp, low, "--threshold", "0.1", "-q").code == 0
+    r3 = cli("score", low, "--json", "-q")
+    got = json.loads(r3.out)["methods"][0]
+    assert got["dice"] == pytest.approx(zarr.open_group(str(low), mode="r").attrs["dice"])
+    assert got["pixels"]["predicted"] > m["pixels"]["predicted"]
 
 
 def test_real_tracks_scored_end_to_end(cli: Cli, real_sim: Path, tmp_path: Path) -> None:

@@ -389,11 +389,12 @@ def infer(
     input: PathLike,
     output: PathLike,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_probability: float = 0.01,
     batch_size: int = 1,
     input_threshold: str = "auto",
     input_mask: PathLike | None = None,
+    mirror: str | Sequence[str] = "auto",
     backend: str = "builtin",
     device: str = "auto",
     workers: int = 1,
@@ -409,6 +410,11 @@ def infer(
     deepstulm and mspcn an image store. ``workers``: batches predicted at once in worker
     processes (0: every core, 1: in this process), each loading the model once; with
     ``dask``, the number of Dask workers.
+
+    ``threshold`` (None: the model's recommended one, else 0.5) binarizes each movie's
+    map. ``mirror`` (sparse model): ``"x,y"`` averages each movie's map over its mirror
+    images along those lateral axes (test-time mirroring, 2^k forward passes); ``auto``
+    what the model recommends (its ``inference`` attribute), ``none`` no mirroring.
     """
     from ulmtools.errors import UsageError
     from ulmtools.infer.stage import model_input_kind
@@ -428,13 +434,19 @@ def infer(
         log=log,
     )
     if model_input_kind(str(model), input) == "image":
+        if str(mirror).lower() not in ("auto", "none", "", "()"):
+            raise UsageError(
+                "--mirror applies to the sparse model (sparse-deepstulm)",
+                "drop it for deepstulm and mspcn",
+            )
+        kw["threshold"] = 0.5 if threshold is None else threshold
         return _infer_dense(*args, input_mask=mask, **kw)
     if input_mask is not None:
         raise UsageError(
             "--input-mask applies to the dense models (deepstulm, mspcn)",
             "the sparse model reads the sites of its sparse input store",
         )
-    return _infer_sparse(*args, backend=backend, **kw)
+    return _infer_sparse(*args, backend=backend, mirror=mirror, **kw)
 
 
 def _infer_sparse(
@@ -442,11 +454,12 @@ def _infer_sparse(
     input: Path,
     output: Path,
     *,
-    threshold: float,
+    threshold: float | None,
     min_probability: float,
     batch_size: int,
     input_threshold: str,
     backend: str,
+    mirror: str | Sequence[str],
     device: str,
     force: bool,
     executor: Executor,
@@ -455,24 +468,43 @@ def _infer_sparse(
 ) -> Summary:
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
+    from ulmtools.errors import InputError
     from ulmtools.infer.core import InferConfig, training_threshold
     from ulmtools.infer.core import input_threshold as pick_input_threshold
     from ulmtools.infer.stage import InferStage, InferTask
     from ulmtools.infer.weights import load_model
     from ulmtools.runner import run_stage
     from ulmtools.store import check_output
-    from ulmtools.train.data import SparseMovies
+    from ulmtools.train.data import SparseMovies, mirror_axes, mirror_names
 
+    data = SparseMovies(input)
+    sp.get_backend(str(backend))
+    torch_device = resolve_device(device)
+    net, meta = load_model(model, device=torch_device)
+    # what the model's maker recommends (chosen on validation data): threshold, mirroring
+    advice = meta.attrs.get("inference") or {}
+    if str(mirror).lower() == "auto":
+        names = tuple(advice.get("mirror") or ())
+        try:
+            mirror_axes(names, data.grid)
+        except InputError as exc:  # the advice is for data like the model's own
+            _warn(f"not mirroring as the model recommends: {exc.message}")
+            names = ()
+    elif str(mirror).lower() == "none":
+        names = ()
+    else:
+        names = mirror_names(mirror)
+    mirror_axes(names, data.grid)
     config = InferConfig(
-        threshold=threshold,
+        threshold=float(advice.get("threshold", 0.5)) if threshold is None else threshold,
         min_probability=min_probability,
         batch_size=batch_size,
         backend=str(backend),
+        mirror=names,
     )
-    data = SparseMovies(input)
-    sp.get_backend(config.backend)
-    torch_device = resolve_device(device)
-    net, meta = load_model(model, device=torch_device)
+    if log is not None and (names or (threshold is None and "threshold" in advice)):
+        mirrored = f"maps averaged over mirror images along {', '.join(names)}, " if names else ""
+        log(f"{mirrored}threshold {config.threshold:g}")
     data.min_power = pick_input_threshold(
         input_threshold, training_threshold(meta.provenance), data.input_rule
     )
@@ -504,6 +536,7 @@ def _infer_sparse(
         "factor": 8,
         "threshold": config.threshold,
         "min_probability": config.min_probability,
+        "mirror": list(config.mirror),
         "input_threshold": data.min_power,
         "model": meta.describe(),
         "movies": len(data),

@@ -56,7 +56,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
     if store.has_truth:
         summary["truth_grid"] = store.group["truth"].attrs.get("grid")
-    for key in ("stats", "acquisition_summary", "architecture", "card"):
+    for key in ("stats", "acquisition_summary", "architecture", "inference", "card"):
         if key in attrs:
             summary[key] = attrs[key]
     if store.kind == "model" and isinstance(attrs.get("weights"), list):
@@ -173,6 +173,15 @@ def format_summary(s: dict[str, Any]) -> str:
             f"training: {t['epochs']} epochs{of} on {t['train_stores']} "
             f"store(s){start}, {t['seconds']:.0f} s{val}"
         )
+    advice = s.get("inference")
+    if isinstance(advice, dict) and advice:
+        parts = []
+        if advice.get("mirror"):
+            parts.append(f"--mirror {','.join(advice['mirror'])}")
+        if advice.get("threshold") is not None:
+            parts.append(f"--threshold {advice['threshold']:g}")
+        why = f" ({advice['chosen']})" if advice.get("chosen") else ""
+        lines.append(f"ulm infer uses: {' '.join(parts) or 'its defaults'}{why}")
     if isinstance(s.get("card"), str) and s["card"].strip():
         lines.append("card:")
         lines.extend(f"  {line}" for line in s["card"].strip().splitlines())

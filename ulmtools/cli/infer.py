@@ -35,12 +35,13 @@ def infer(
     input: InputStore,
     output: OutputStore,
     threshold: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--threshold",
             help="Probability above which a pixel counts in a movie's map (angiogram, Dice).",
+            show_default="the model's recommended one, else 0.5",
         ),
-    ] = 0.5,
+    ] = None,
     min_probability: Annotated[
         float,
         typer.Option(
@@ -68,6 +69,16 @@ def infer(
             show_default=False,
         ),
     ] = None,
+    mirror: Annotated[
+        str,
+        typer.Option(
+            "--mirror",
+            metavar="AXES",
+            help="Sparse model: average each movie's map over its mirror images along these "
+            "lateral axes (x, or x,y in 3D; 2^k forward passes), for acquisitions symmetric "
+            "about the probe's centre; auto: what the model recommends (ulm info), none: off.",
+        ),
+    ] = "auto",
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     workers: Annotated[
@@ -111,6 +122,7 @@ def infer(
             batch_size=batch_size,
             input_threshold=input_threshold,
             input_mask=input_mask,
+            mirror=mirror,
             backend=backend.value,
             device=device,
             workers=workers,

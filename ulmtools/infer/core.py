@@ -19,6 +19,7 @@ architecture) and, when the input had truth, ``truth/`` copied through and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 import zarr
 
 from ulmtools.errors import UsageError
-from ulmtools.models.deepstulm import SparseDeepStulm
+from ulmtools.models.deepstulm import FACTOR, SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.score.maps import dice
 from ulmtools.store import create_array
@@ -41,6 +42,9 @@ class InferConfig:
     min_probability: float = 0.01
     batch_size: int = 1
     backend: str = "builtin"
+    #: lateral axes ("x", "y"): each movie's map is the mean of the maps of its mirror
+    #: images along them (test-time mirroring, 2^k forward passes)
+    mirror: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -57,13 +61,14 @@ class InferConfig:
         return asdict(self)
 
 
-@torch.no_grad()
 def predict(
     model: SparseDeepStulm,
     movies: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
     device: torch.device | str = "cpu",
     backend: str | None = None,
+    mirror: Sequence[int] = (),
+    shape: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Probability maps of a batch of movies.
 
@@ -71,7 +76,54 @@ def predict(
     each result is ``(fine coords (k, S) int32, probabilities (k,) float32)``
     sorted by coordinate.  A movie without sites gives an empty map (and is
     not run through the network).
+
+    ``mirror`` (spatial axis indices, lateral ones; ``shape`` the input's spatial
+    grid) averages the maps of the movie's 2^k mirror images along those axes, each
+    mirrored back: a site missing from one image's map counts as probability 0 there.
     """
+    if not mirror:
+        return _predict(model, movies, device=device, backend=backend)
+    if shape is None:
+        raise ValueError("mirrored prediction needs the input grid's shape")
+    fine = [FACTOR * n for n in shape]
+    images = [
+        tuple(a for a, on in zip(mirror, bits) if on)
+        for bits in itertools.product((0, 1), repeat=len(mirror))
+    ]
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in movies]
+    for flips in images:
+        flipped = []
+        for c, f in movies:
+            c = c.copy()
+            for a in flips:
+                c[:, 1 + a] = shape[a] - 1 - c[:, 1 + a]
+            flipped.append((c, f))
+        for i, (c, p) in enumerate(_predict(model, flipped, device=device, backend=backend)):
+            for a in flips:
+                c[:, a] = fine[a] - 1 - c[:, a]
+            parts[i].append((c, p))
+    results = []
+    for per in parts:
+        c = np.concatenate([c for c, _ in per])
+        p = np.concatenate([p for _, p in per]).astype(np.float64)
+        if not len(c):
+            results.append((c.astype(np.int32), p.astype(np.float32)))
+            continue
+        sites, which = np.unique(c, axis=0, return_inverse=True)
+        mean = np.bincount(which.ravel(), weights=p, minlength=len(sites)) / len(images)
+        results.append((sites.astype(np.int32), mean.astype(np.float32)))
+    return results
+
+
+@torch.no_grad()
+def _predict(
+    model: SparseDeepStulm,
+    movies: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict` of the movies as they are."""
     s = model.dimension - 1
     results: list[tuple[np.ndarray, np.ndarray]] = [
         (np.zeros((0, s), np.int32), np.zeros(0, np.float32)) for _ in movies
@@ -240,3 +292,39 @@ def finish_prediction(
     )[...] = angiogram
     if data.truth is not None:
         stats.dice = dice(angiogram > 0, data.truth_angiogram())
+
+
+def dice_by_threshold(prediction: Any, thresholds: Sequence[float]) -> dict[float, float]:
+    """The angiogram Dice a prediction store (with truth) would have at each of
+    ``thresholds``, from its stored per-movie maps: what ``ulm infer --threshold T``
+    gives, for T >= the store's ``min_probability`` (lower ones lack sites)."""
+    from ulmtools.store import open_store
+    from ulmtools.truth import Truth
+
+    store = prediction if hasattr(prediction, "array") else open_store(prediction, "prediction")
+    if not store.has_truth:
+        raise UsageError(f"{store.path} has no truth to score thresholds against")
+    floor = float(store.attrs.get("min_probability", 0.0))
+    low = [t for t in thresholds if t < floor]
+    if low:
+        raise UsageError(
+            f"threshold {low[0]:g} is below the stored maps' min_probability {floor:g}",
+            "predict again with a lower --min-probability",
+        )
+    truth = Truth(store).tracks
+    shape = tuple(truth.shape[1:])
+    reference = np.zeros(shape, dtype=bool)
+    for m in range(truth.shape[0]):
+        reference |= np.asarray(truth[m]) > 0
+    offsets = np.asarray(store.array("offsets")[:], dtype=np.int64)
+    coords = np.asarray(store.array("coords")[:], dtype=np.int64)
+    prob = np.asarray(store.array("feats")[:, 0])
+    out = {}
+    for t in thresholds:
+        acc = np.zeros(shape, dtype=bool)
+        for m in range(len(offsets) - 1):
+            a, b = offsets[m], offsets[m + 1]
+            hit = coords[a:b][prob[a:b] > t]
+            acc[tuple(hit.T)] = True
+        out[float(t)] = dice(acc, reference)
+    return out

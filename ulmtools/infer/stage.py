@@ -23,6 +23,7 @@ from ulmtools.errors import InputError, UsageError
 from ulmtools.infer.core import InferConfig, InferStats, accumulate, finish_prediction, predict
 from ulmtools.runner import MovieStage
 from ulmtools.sites import RaggedWriter, SiteWriter
+from ulmtools.train.data import mirror_axes
 
 __all__ = [
     "DENSE",
@@ -178,7 +179,14 @@ class InferTask:
                 for mm in maps
             ]
         inputs = [data.movie(m) for m in unit]
-        maps = predict(net, inputs, device=device, backend=self.config.backend)
+        maps = predict(
+            net,
+            inputs,
+            device=device,
+            backend=self.config.backend,
+            mirror=mirror_axes(self.config.mirror, data.grid) if self.config.mirror else (),
+            shape=data.shape[1:],
+        )
         per = (time.perf_counter() - t0) / len(unit)
         out = []
         for (c_in, _), (c, p) in zip(inputs, maps, strict=True):

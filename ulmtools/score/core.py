@@ -69,11 +69,18 @@ class Reconstruction:
             return int(m) if m is not None else None
         return len(self._offsets()) - 1
 
+    @property
+    def map_threshold(self) -> float:
+        """A movie's map is its values above this: a prediction's own ``threshold`` (the
+        one ``ulm infer`` used), else the paper's 0.5."""
+        t = self.store.attrs.get("threshold") if self.kind == "prediction" else None
+        return float(t) if isinstance(t, (int, float)) else MAP_THRESHOLD
+
     def _offsets(self) -> np.ndarray:
         return np.asarray(self.store.array("offsets")[:], np.int64)
 
     def movie_map(self, m: int) -> np.ndarray:
-        """Movie ``m``'s binary map on :attr:`grid` (map value > 0.5)."""
+        """Movie ``m``'s binary map on :attr:`grid` (map value > :attr:`map_threshold`)."""
         offsets = self._offsets()
         a, b = int(offsets[m]), int(offsets[m + 1])
         coords = np.asarray(self.store.array("coords")[a:b], np.int64)
@@ -85,7 +92,7 @@ class Reconstruction:
             )
         if len(feats) == 0:  # an empty movie (e.g. a model that found nothing): an empty map
             return out
-        hit = coords[feats.reshape(len(feats), -1)[:, 0] > MAP_THRESHOLD]
+        hit = coords[feats.reshape(len(feats), -1)[:, 0] > self.map_threshold]
         if len(hit) and (hit.min() < 0 or np.any(hit.max(axis=0) >= np.asarray(self.grid.shape))):
             raise InputError(f"{self.path}/coords holds indices outside its grid {self.grid.shape}")
         out[tuple(hit.T)] = True
@@ -433,10 +440,10 @@ def score(
     recs = [open_reconstruction(p) for p in preds]
     for r in recs:
         floor = r.store.attrs.get("min_probability")
-        if r.kind == "prediction" and floor is not None and float(floor) > MAP_THRESHOLD:
+        if r.kind == "prediction" and floor is not None and float(floor) > r.map_threshold:
             log(
                 f"warning: {r.path} left out sites below probability {floor}, above the "
-                f"{MAP_THRESHOLD} threshold; its maps miss the pixels in between"
+                f"{r.map_threshold:g} threshold; its maps miss the pixels in between"
             )
     truth_store = find_truth(recs, truth)
     if truth is None:

@@ -314,6 +314,20 @@ class MovieSet(Concatenated):
         return out
 
 
+def mirror_names(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--mirror``'s axis names from "x,y" or a sequence, in order, without repeats."""
+    if not spec:
+        return ()
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for p in (str(p).strip() for p in parts):
+        if not p:
+            raise UsageError(f"--mirror {spec!r} names an empty axis", "give e.g. --mirror x,y")
+        if p not in names:
+            names.append(p)
+    return tuple(names)
+
+
 def mirror_axes(names: Sequence[str], grid: Grid) -> tuple[int, ...]:
     """The spatial axis indices of ``names`` (lateral axes of ``grid``) for
     :class:`Mirrored`, refusing depth, an unknown axis or a grid not centred on it.
@@ -341,7 +355,7 @@ def mirror_axes(names: Sequence[str], grid: Grid) -> tuple[int, ...]:
                 f"--mirror {name}: the grid is not centred on the probe along {name} (its "
                 f"centre is at {centre * 1e3:.3g} mm), so a mirrored movie would be of "
                 "another field of view",
-                "train without --mirror on this data",
+                "leave --mirror out for this data",
             )
         if a not in out:
             out.append(a)

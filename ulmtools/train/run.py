@@ -108,6 +108,7 @@ def train(
         "--backend": backend != "builtin",
         "--init": init is not None,
     }
+    from ulmtools.train.data import mirror_names
     from ulmtools.train.distributed import torchrun_env
 
     launch = torchrun_env()
@@ -174,7 +175,7 @@ def train(
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
-            mirror=_mirror_names(mirror),
+            mirror=mirror_names(mirror),
             init=init,
             backend=backend,
             device=device,
@@ -724,20 +725,6 @@ def _check_same(
             + "; ".join(clashes),
             "drop them, or start a new run",
         )
-
-
-def _mirror_names(mirror: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``--mirror``'s axis names: "x,y" or a sequence, in order, without repeats."""
-    if not mirror:
-        return ()
-    parts = mirror.split(",") if isinstance(mirror, str) else list(mirror)
-    names: list[str] = []
-    for p in (str(p).strip() for p in parts):
-        if not p:
-            raise UsageError(f"--mirror {mirror!r} names an empty axis", "give e.g. --mirror x,y")
-        if p not in names:
-            names.append(p)
-    return tuple(names)
 
 
 def _duration(seconds: float) -> str:
