@@ -29,10 +29,12 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
-#   MIRROR_3D=x,y                training movies mirrored at random along x and y (ulm train
-#                                --mirror; empty: off)
-#   INFER_ADVICE_3D=1            choose the test-time mirroring and threshold ulm infer uses
-#                                by default on the validation movies (kept if it gains >= 0.01)
+#   MIRROR_3D=                   x,y: training movies mirrored at random along x and y (ulm
+#                                train --mirror); off in the shipped recipe (not measured from
+#                                scratch here; 3 fine-tuning epochs with it lost validation Dice)
+#   INFER_ADVICE=1               choose the test-time mirroring and threshold ulm infer uses by
+#                                default, on the validation movies (kept if it gains >= 0.01:
+#                                3D +0.052, so recommended; 2D +0.005, so not)
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
@@ -66,8 +68,8 @@ SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
 TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
-MIRROR_3D=${MIRROR_3D-x,y}
-INFER_ADVICE_3D=${INFER_ADVICE_3D:-1}
+MIRROR_3D=${MIRROR_3D:-}
+INFER_ADVICE=${INFER_ADVICE:-1}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
@@ -223,6 +225,10 @@ if [ "$WEIGHTS_2D" != 0 ]; then
             --val "$WORK/val2d.zarr" --init "$model2d" --schedule finetune \
             --epochs "$FINETUNE_EPOCHS" --batch-size "$BATCH"
     fi
+    # test-time mirroring along x, recommended only if it gains >= 0.01 on validation
+    if [ "$INFER_ADVICE" != 0 ]; then
+        infer_advice "$WORK/deepstulm-2d.zarr" "$WORK/val2d.zarr" x "$VAL_NET"
+    fi
     rm -rf "$OUT/deepstulm-2d.zarr"
     cp -r "$WORK/deepstulm-2d.zarr" "$OUT/deepstulm-2d.zarr"
     # the model card 'ulm info shipped:2d' prints: recipe and held-out results, measured
@@ -279,7 +285,7 @@ if [ "$WEIGHTS_3D" != 0 ]; then
             "${train3d[0]}" "${also3d[@]}" --val "$WORK/val3d.zarr" --init "$model3d" \
             --schedule finetune --epochs "$FINETUNE_EPOCHS_3D" "${batch3d[@]}"
     fi
-    if [ "$INFER_ADVICE_3D" != 0 ]; then
+    if [ "$INFER_ADVICE" != 0 ]; then
         # what 'ulm infer' does by default with this model, chosen on the validation
         # movies (never on test networks): test-time mirroring along x and y and the
         # threshold of the mean map, kept when it gains >= 0.01 Dice over plain inference

@@ -109,8 +109,12 @@ def predict(
         if not len(c):
             results.append((c.astype(np.int32), p.astype(np.float32)))
             continue
-        sites, which = np.unique(c, axis=0, return_inverse=True)
-        mean = np.bincount(which.ravel(), weights=p, minlength=len(sites)) / len(images)
+        # flat indices sort as the coordinates do (C order): one 1-D unique
+        flat, which = np.unique(
+            np.ravel_multi_index(tuple(c.T.astype(np.int64)), fine), return_inverse=True
+        )
+        mean = np.bincount(which.ravel(), weights=p, minlength=len(flat)) / len(images)
+        sites = np.stack(np.unravel_index(flat, fine), axis=1)
         results.append((sites.astype(np.int32), mean.astype(np.float32)))
     return results
 
