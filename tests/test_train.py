@@ -93,6 +93,20 @@ def small_config(epochs: int, **kw) -> TrainConfig:
     return TrainConfig(schedule=sched, **kw)
 
 
+def interrupt_in_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch):
+    """Make training stop with Ctrl-C at the start of ``epoch`` (1-based); returns the
+    real ``run_epoch`` to put back."""
+    real = loop.run_epoch
+
+    def interrupted(state, *a, **kw):
+        if state.epoch == epoch - 1:
+            raise KeyboardInterrupt
+        return real(state, *a, **kw)
+
+    monkeypatch.setattr(loop, "run_epoch", interrupted)
+    return real
+
+
 def train_dice(state: loop.TrainState, data: SparseMovies) -> float:
     from ulmtools.infer.core import angiogram_dice
 
@@ -388,15 +402,8 @@ def test_mirror_option_trains_on_mirrored_movies(
     assert r.code == 2 and "--mirror" in r.err
     assert not fresh.exists()
     # --resume keeps the stored mirroring and refuses another
-    real = loop.run_epoch
-
-    def interrupt_in_epoch_2(state, *a, **kw):
-        if state.epoch == 1:
-            raise KeyboardInterrupt
-        return real(state, *a, **kw)
-
     part = tmp_path / "part.zarr"
-    monkeypatch.setattr(loop, "run_epoch", interrupt_in_epoch_2)
+    real = interrupt_in_epoch(2, monkeypatch)
     assert cli("train", data3d, part, *args, "--mirror", "x,y").code == 130
     monkeypatch.setattr(loop, "run_epoch", real)
     r = cli("train", data3d, part, "--resume", "--mirror", "x")
@@ -440,15 +447,8 @@ def test_interrupted_command_resumes_to_the_same_model(
     whole = tmp_path / "whole.zarr"
     assert cli("train", data2d, whole, *args).code == 0
 
-    real = loop.run_epoch
-
-    def interrupt_in_epoch_3(state, *a, **kw):
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-        return real(state, *a, **kw)
-
     part = tmp_path / "part.zarr"
-    monkeypatch.setattr(loop, "run_epoch", interrupt_in_epoch_3)
+    real = interrupt_in_epoch(3, monkeypatch)
     assert cli("train", data2d, part, *args).code == 130
     assert resume_path(part).exists()
     monkeypatch.setattr(loop, "run_epoch", real)
