@@ -8,7 +8,8 @@ paper's 0.25. Built-in sparse engine, width 16 (the paper's), batch 1.
 Prints one table: the median time of a training step (forward, backward, Adam)
 over ``--steps`` steps and the peak GPU memory of training; the time to infer a
 512-frame movie and its peak memory, untrained (every generative site kept) and
-with the shipped 3D weights (pruned); beside the paper's V100 figures (70 ms per
+with the shipped 3D weights (pruned), plain and with the 4 mirror images ``ulm
+infer`` averages by default for that model; beside the paper's V100 figures (70 ms per
 movie, 9.9 GB of training memory).
 """
 
@@ -85,7 +86,11 @@ def train_steps(
 
 
 def infer_movie(
-    data_path: Path, model: str | None, device: torch.device, channels: int = 16
+    data_path: Path,
+    model: str | None,
+    device: torch.device,
+    channels: int = 16,
+    mirror: tuple[int, ...] = (),
 ) -> tuple[float, float, int]:
     from ulmtools.infer.core import predict
     from ulmtools.infer.weights import load_model
@@ -99,13 +104,14 @@ def infer_movie(
         torch.manual_seed(0)
         net = SparseDeepStulm(dimension=data.dimension, channels=channels).to(device).eval()
     movie = data.movie(0)
-    predict(net, [movie], device=device)  # warm-up
+    kw = {"mirror": mirror, "shape": data.shape[1:]}
+    predict(net, [movie], device=device, **kw)  # warm-up
     reset_peak(device)
     times = []
     for _ in range(3):
         sync(device)
         t0 = time.perf_counter()
-        ((coords, _),) = predict(net, [movie], device=device)
+        ((coords, _),) = predict(net, [movie], device=device, **kw)
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), peak_gb(device), len(coords)
@@ -138,11 +144,12 @@ def main() -> None:
         test = simulate(Path(tmp) / "test.zarr", infer_frames, 1, seed=12)
         step_s, train_gb = train_steps(train, steps, device, width)
         rows = [(f"train step, plain, width {width}", f"{train_frames} fr", step_s, train_gb, None)]
-        for label, model in (
-            (f"infer, untrained width {width}", None),
-            ("infer, shipped:3d", "shipped:3d"),
+        for label, model, mirror in (
+            (f"infer, untrained width {width}", None, ()),
+            ("infer, shipped:3d, plain", "shipped:3d", ()),
+            ("infer, shipped:3d, 4 mirror images (its default)", "shipped:3d", (1, 2)),
         ):
-            sec, gb, sites = infer_movie(test, model, device, width)
+            sec, gb, sites = infer_movie(test, model, device, width, mirror)
             rows.append((label, f"{infer_frames} fr", sec, gb, sites))
     unit = "GPU GiB" if device.type == "cuda" else "RSS GiB"
     print(
