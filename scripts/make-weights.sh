@@ -94,14 +94,24 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT" "$WORK"
 echo "working in $WORK" >&2
 
-# Put a model card (the text 'ulm info shipped:2d|3d' prints) into a model store.
+# Put a model card (the text 'ulm info shipped:2d|3d' prints) into a model store, headed by
+# a line saying that it is the shipped model's card: a rebuild (another recipe, or the same
+# one, which is not bit-identical across machines) has its own training and validation
+# figures in 'ulm info', not the card's. To ship a rebuild, measure its held-out table
+# (scripts/heldout.sh), write the card file and set the attribute to it alone.
 set_card() { # model-store card-file
     python - "$1" "$2" <<'PY'
 import sys
+from datetime import date
 
 import zarr
 
-zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = open(sys.argv[2]).read()
+head = (
+    f"Rebuilt by `make weights` on {date.today()}: this store's own training and validation"
+    f" figures are those above; the card below ({sys.argv[2]}) is the shipped model's, its"
+    " held-out table measured on that model.\n"
+)
+zarr.open_group(sys.argv[1], mode="r+").attrs["card"] = head + open(sys.argv[2]).read()
 PY
 }
 
