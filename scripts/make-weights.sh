@@ -29,6 +29,10 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
+#   VAL_MOVIES_3D=2              validation movies (30 MB/FOV) for the per-epoch Dice and the
+#                                inference advice; two runs of one recipe differed by 0.007
+#                                on 2, so compare close recipes on more (plain inference of
+#                                one costs ~2.6 s per epoch here); stored as val3d-mN unless 2
 #   MIRROR_3D=                   x,y: training movies mirrored at random along x and y (ulm
 #                                train --mirror); off in the shipped recipe; from scratch, two
 #                                runs reached validation 0.261 / 0.262 plain, 0.303 / 0.296
@@ -70,6 +74,7 @@ SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
 TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
+VAL_MOVIES_3D=${VAL_MOVIES_3D:-2}
 MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
@@ -271,7 +276,9 @@ if [ "$WEIGHTS_3D" != 0 ]; then
             train3d+=("$WORK/train3d-n$net-c$c.zarr")
         done
     done
-    sparse3d val3d "$VAL_NET_3D" 30 2 "$((VAL_NET_3D * 100 + 30))"
+    val3d=val3d
+    [ "$VAL_MOVIES_3D" = 2 ] || val3d="val3d-m$VAL_MOVIES_3D"
+    sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))"
     also3d=()
     for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
     model3d="$WORK/deepstulm-3d.zarr"
@@ -281,7 +288,7 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     mirror3d=()
     [ -n "$MIRROR_3D" ] && mirror3d=(--mirror "$MIRROR_3D")
     OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
-        "${also3d[@]}" --val "$WORK/val3d.zarr" --schedule "$SCHEDULE_3D" \
+        "${also3d[@]}" --val "$WORK/$val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"
     if [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
@@ -294,14 +301,14 @@ if [ "$WEIGHTS_3D" != 0 ]; then
             done
         done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
-            "${train3d[0]}" "${also3d[@]}" --val "$WORK/val3d.zarr" --init "$model3d" \
+            "${train3d[0]}" "${also3d[@]}" --val "$WORK/$val3d.zarr" --init "$model3d" \
             --schedule finetune --epochs "$FINETUNE_EPOCHS_3D" "${batch3d[@]}"
     fi
     if [ "$INFER_ADVICE" != 0 ]; then
         # what 'ulm infer' does by default with this model, chosen on the validation
         # movies (never on test networks): test-time mirroring along x and y and the
         # threshold of the mean map, kept when it gains >= 0.01 Dice over plain inference
-        infer_advice "$WORK/deepstulm-3d.zarr" "$WORK/val3d.zarr" x,y "$VAL_NET_3D"
+        infer_advice "$WORK/deepstulm-3d.zarr" "$WORK/$val3d.zarr" x,y "$VAL_NET_3D"
     fi
     rm -rf "$OUT/deepstulm-3d.zarr"
     cp -r "$WORK/deepstulm-3d.zarr" "$OUT/deepstulm-3d.zarr"
