@@ -29,6 +29,9 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
+#                                (32 networks with EPOCHS_3D=10, the same steps on twice the
+#                                data: validation +0.003 advised, held-out within 0.01;
+#                                FINDINGS-3d.md section 10)
 #   VAL_MOVIES_3D=2              validation movies (30 MB/FOV) for the per-epoch Dice and the
 #                                inference advice; two runs of one recipe differed by 0.007
 #                                on 2, so compare close recipes on more (plain inference of
