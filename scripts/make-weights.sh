@@ -32,6 +32,8 @@
 #                                (32 networks with EPOCHS_3D=10, the same steps on twice the
 #                                data: validation +0.003 advised, held-out within 0.01;
 #                                FINDINGS-3d.md section 10)
+#                                (EPOCHS_3D=28, 1.4x the steps: validation +0.003 advised, held-out
+#                                within 0.013; section 11)
 #   VAL_MOVIES_3D=2              validation movies (30 MB/FOV) for the per-epoch Dice and the
 #                                inference advice; two runs of one recipe differed by 0.007
 #                                on 2, so compare close recipes on more (plain inference of
