@@ -21,6 +21,7 @@ dense fine-grid copies.
 
     python bench/bench_train3d.py                  # ~2 minutes on one core
     python bench/bench_train3d.py --frames 64 --unpruned
+    python bench/bench_train3d.py --widths 16   # + the paper's width, untrained, kernel 3
 """
 
 from __future__ import annotations
@@ -71,12 +72,15 @@ def measure(spec: dict) -> dict:
     torch.set_num_threads(1)
     data = SparseMovies(spec["data"], need_truth=True)
     cfg = TrainConfig(
-        schedule=resolve_schedule("cpu-3d"), channels=8, pruning=spec["pruning"], seed=0
+        schedule=resolve_schedule("cpu-3d"),
+        channels=spec.get("channels", 8),
+        pruning=spec["pruning"],
+        seed=0,
     )
     if spec["weights"]:  # the stored architecture (its width and input kernel)
         model, _ = load(spec["weights"])
         state = TrainState(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3))
-    elif spec["input_kernel"] != 5:
+    elif spec["input_kernel"] != 5 or cfg.channels != 8:
         torch.manual_seed(0)
         kwargs = cfg.model_kwargs(data.dimension) | {"input_kernel": spec["input_kernel"]}
         model = SparseDeepStulm(**kwargs)
@@ -145,6 +149,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--weights", default=str(ROOT / "ulmtools/weights/deepstulm-3d.zarr"))
     ap.add_argument("--unpruned", action="store_true", help="also the unpruned network")
+    ap.add_argument("--widths", default="", help="also these widths, untrained, input kernel 3 "
+                    "(e.g. 12,16: what a wider network costs per step)")  # fmt: skip
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
@@ -154,12 +160,15 @@ def main() -> None:
         configs = [("pruned, shipped weights", True, args.weights, 5),
                    ("untrained, input kernel 5", True, None, 5),
                    ("untrained, input kernel 3", True, None, 3)]  # fmt: skip
+        configs = [(*c, 8) for c in configs]
         if args.unpruned:
-            configs.append(("unpruned, untrained", False, None, 5))
+            configs.append(("unpruned, untrained", False, None, 5, 8))
+        for w in (int(x) for x in args.widths.split(",") if x):
+            configs.append((f"untrained, kernel 3, width {w}", True, None, 3, w))
         results = {}
-        for label, pruning, weights, kernel in configs:
+        for label, pruning, weights, kernel, width in configs:
             spec = {"data": data, "pruning": pruning, "weights": weights, "steps": args.steps,
-                    "input_kernel": kernel}  # fmt: skip
+                    "input_kernel": kernel, "channels": width}  # fmt: skip
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                  env=ENV, capture_output=True, text=True)  # fmt: skip
             if out.returncode:
@@ -168,7 +177,7 @@ def main() -> None:
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
         cache = target_cache(data)
     print(f"\n3D+t training step, 32^3 x {args.frames} frames, {args.concentration:g} MB/FOV, "
-          "width 8, 1 thread, built-in engine")  # fmt: skip
+          "width 8 unless stated, 1 thread, built-in engine")  # fmt: skip
     labels = list(results)
     print(f"{'block':<12}" + "".join(f"{lb:>34}" for lb in labels))
     for b in BLOCKS:
@@ -185,10 +194,11 @@ def main() -> None:
                            ("peak_gb", "peak RSS", "{:.2f} GB"),
                            ("params", "parameters", "{:,}")]:  # fmt: skip
         print(f"{name:<22}" + "".join(f"{fmt.format(results[lb][key]):>28}" for lb in labels))
-    for i, j in ((0, 1), (1, 2)):
-        if len(labels) > j:
-            a, b = results[labels[i]], results[labels[j]]
-            print(f"step time ratio '{labels[i]}' / '{labels[j]}': {a['step_s'] / b['step_s']:.2f}")
+    pairs = [(labels[0], labels[1]), (labels[1], labels[2])] if len(labels) > 2 else []
+    pairs += [(lb, labels[2]) for lb in labels[3:] if "width" in lb]
+    for la, lb in pairs:
+        a, b = results[la], results[lb]
+        print(f"step time ratio '{la}' / '{lb}': {a['step_s'] / b['step_s']:.2f}")
     print(f"training targets kept between epochs (plain and dilated by 2), per movie: "
           f"{cache['kept'] / 1e6:.2f} MB as voxel indices against {cache['dense'] / 1e6:.1f} MB "
           f"as dense volumes ({cache['dense'] / cache['kept']:.0f}x less)")  # fmt: skip
