@@ -9,7 +9,7 @@
 #   2D: NET=101 MOVIES=8 FRAMES=512 CONCENTRATIONS="1 5 10 20" NOISE="0.1 0.25" NOISE_AT=5
 #   3D: NET=103 MOVIES=4 FRAMES=128 CONCENTRATIONS="1 10 30" NOISE="" (channel level too)
 #   WORK=build/heldout-${DIM}d (kept: stores are made once, so a rerun scores new models only)
-#   INFER_ARGS="--mirror none --threshold 0.5" TAG=-plain   extra 'ulm infer' options (e.g. to
+#   INFER_ARGS="--mirror none --delays none --threshold 0.5" TAG=-plain   extra 'ulm infer' options (e.g. to
 #                                score a model without the inference it recommends), and a tag
 #                                for its prediction stores
 set -euo pipefail

@@ -46,6 +46,10 @@
 #   INFER_ADVICE=1               choose the test-time mirroring and threshold ulm infer uses by
 #                                default, on the validation movies (kept if it gains >= 0.01:
 #                                3D +0.052, so recommended; 2D +0.005, so not)
+#   DELAYS_3D=0,8                and then test-time delays of the mirror images (ulm infer
+#                                --delays), kept if they gain >= 0.01 again (the shipped model,
+#                                4 validation movies: 0.308 -> 0.322; FINDINGS-3d.md section 12);
+#                                empty: not tried
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
@@ -82,6 +86,7 @@ VAL_NET_3D=${VAL_NET_3D:-42}
 VAL_MOVIES_3D=${VAL_MOVIES_3D:-2}
 MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
+DELAYS_3D=${DELAYS_3D-0,8}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
@@ -126,16 +131,24 @@ PY
 }
 
 # Record in MODEL the inference it recommends (its 'inference' attribute, which
-# 'ulm infer --mirror auto' and its default threshold follow): maps averaged over the
-# mirror images along AXES, at the threshold (0.20 ... 0.50) with the best Dice on VAL,
-# when that beats plain inference (threshold 0.5) by >= 0.01; else no recommendation.
-infer_advice() { # model val-store axes val-network
-    local model=$1 val=$2 axes=$3 net=$4
+# 'ulm infer --mirror auto --delays auto' and its default threshold follow): maps averaged
+# over the mirror images along AXES, at the threshold (0.20 ... 0.50) with the best Dice on
+# VAL, when that beats plain inference (threshold 0.5) by >= 0.01; then, with DELAYS (frames,
+# e.g. 0,8; empty: not tried), every mirror image also delayed by them, kept when that beats
+# the mirrored maps by >= 0.01 again; else no recommendation.
+infer_advice() { # model val-store axes val-network [delays]
+    local model=$1 val=$2 axes=$3 net=$4 delays=${5:-}
     OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm infer "$model" "$val" "$WORK/advice-plain.zarr" \
-        --mirror none --threshold 0.5 -q -f
+        --mirror none --delays none --threshold 0.5 -q -f
     OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm infer "$model" "$val" "$WORK/advice-mirror.zarr" \
-        --mirror "$axes" --threshold 0.5 --min-probability 0.01 -q -f
-    python - "$model" "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr" "$axes" "$net" <<'PY'
+        --mirror "$axes" --delays none --threshold 0.5 --min-probability 0.01 -q -f
+    if [ -n "$delays" ]; then
+        OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} ulm infer "$model" "$val" \
+            "$WORK/advice-delays.zarr" --mirror "$axes" --delays "$delays" --threshold 0.5 \
+            --min-probability 0.01 -q -f
+    fi
+    python - "$model" "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr" "$axes" "$net" \
+        "$delays" "$WORK/advice-delays.zarr" <<'PY'
 import sys
 
 import zarr
@@ -143,29 +156,41 @@ import zarr
 from ulmtools.infer.core import dice_by_threshold
 from ulmtools.store import open_store
 
-model, plain, mirrored, axes, net = sys.argv[1:]
+model, plain, mirrored, axes, net, delays, delayed = sys.argv[1:]
 base = float(open_store(plain, "prediction").attrs["dice"])
-sweep = dice_by_threshold(mirrored, [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
-best = max(sweep, key=sweep.get)
 movies = int(open_store(plain, "prediction").attrs["movies"])
-table = ", ".join(f"{t:g}: {d:.4f}" for t, d in sweep.items())
-print(f"validation Dice, plain {base:.4f}; mirrored along {axes}, by threshold: {table}",
-      file=sys.stderr)
+thresholds = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+
+
+def sweep(store: str, what: str) -> tuple[float, float]:
+    by = dice_by_threshold(store, thresholds)
+    table = ", ".join(f"{t:g}: {d:.4f}" for t, d in by.items())
+    print(f"validation Dice, {what}, by threshold: {table}", file=sys.stderr)
+    best = max(by, key=by.get)
+    return best, by[best]
+
+
+print(f"validation Dice, plain: {base:.4f}", file=sys.stderr)
+t_m, d_m = sweep(mirrored, f"mirrored along {axes}")
 attrs = zarr.open_group(model, mode="r+").attrs
-if sweep[best] >= base + 0.01:
-    attrs["inference"] = {
-        "mirror": axes.split(","),
-        "threshold": best,
-        "chosen": f"on validation network {net}, {movies} movies: Dice {base:.3f} plain, "
-        f"{sweep[best]:.3f} so",
-    }
-    print(f"recommended: --mirror {axes} --threshold {best:g}", file=sys.stderr)
+if d_m >= base + 0.01:
+    advice = {"mirror": axes.split(","), "threshold": t_m}
+    chosen = f"Dice {base:.3f} plain, {d_m:.3f} mirrored"
+    if delays:
+        t_d, d_d = sweep(delayed, f"mirrored along {axes} and delayed by {delays} frames")
+        if d_d >= d_m + 0.01:
+            advice = {**advice, "delays": [int(d) for d in delays.split(",")], "threshold": t_d}
+            chosen += f", {d_d:.3f} with delays {delays}"
+    advice["chosen"] = f"on validation network {net}, {movies} movies: {chosen}"
+    attrs["inference"] = advice
+    line = f"--mirror {axes}" + (f" --delays {delays}" if "delays" in advice else "")
+    print(f"recommended: {line} --threshold {advice['threshold']:g}", file=sys.stderr)
 else:
     if "inference" in attrs:
         del attrs["inference"]
     print("no recommendation: mirroring gains < 0.01", file=sys.stderr)
 PY
-    rm -rf "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr"
+    rm -rf "$WORK/advice-plain.zarr" "$WORK/advice-mirror.zarr" "$WORK/advice-delays.zarr"
 }
 
 # A 2D image store: simulate (channel level) -> beamform, made once (kept in WORK: the
@@ -313,7 +338,7 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         # what 'ulm infer' does by default with this model, chosen on the validation
         # movies (never on test networks): test-time mirroring along x and y and the
         # threshold of the mean map, kept when it gains >= 0.01 Dice over plain inference
-        infer_advice "$WORK/deepstulm-3d.zarr" "$WORK/$val3d.zarr" x,y "$VAL_NET_3D"
+        infer_advice "$WORK/deepstulm-3d.zarr" "$WORK/$val3d.zarr" x,y "$VAL_NET_3D" "$DELAYS_3D"
     fi
     rm -rf "$OUT/deepstulm-3d.zarr"
     cp -r "$WORK/deepstulm-3d.zarr" "$OUT/deepstulm-3d.zarr"

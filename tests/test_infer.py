@@ -257,6 +257,95 @@ def test_mirrored_prediction_is_the_mean_of_the_mirror_images(
     np.testing.assert_allclose(_dense(c2, p2, fine), np.flip(want, 1), atol=1e-6)
 
 
+def test_delayed_prediction_is_the_mean_of_the_delayed_copies(
+    sparse3d: Path, model3d: Path
+) -> None:
+    net, _ = model_store.load(model3d)
+    data = SparseMovies(sparse3d)
+    shape, fine = data.shape[1:], tuple(data.fine_grid.shape)
+    movie = data.movie(0)
+
+    def alone(coords: np.ndarray, delay: int) -> np.ndarray:
+        coords = coords.copy()
+        coords[:, 0] += delay
+        ((fc, fp),) = predict(net, [(coords, movie[1])])
+        return _dense(fc, fp, fine)
+
+    ((c, p),) = predict(net, [movie], delays=(0, 2))
+    assert np.array_equal(c, np.unique(c, axis=0))
+    want = (alone(movie[0], 0) + alone(movie[0], 2)) / 2
+    np.testing.assert_allclose(_dense(c, p, fine), want, atol=1e-6)
+    # a delay of 2 frames regroups the 4-frame time bins: another map, not a copy
+    assert np.abs(alone(movie[0], 2) - alone(movie[0], 0)).max() > 0.01
+    # with mirroring: every mirror image at every delay (4 x 2 forward passes)
+    ((c, p),) = predict(net, [movie], mirror=(1, 2), shape=shape, delays=(0, 5))
+    want = np.zeros(fine)
+    for flips in [(), (1,), (2,), (1, 2)]:
+        coords = movie[0].copy()
+        for a in flips:
+            coords[:, 1 + a] = shape[a] - 1 - coords[:, 1 + a]
+        for d in (0, 5):
+            want += np.flip(alone(coords, d), axis=flips) / 8
+    np.testing.assert_allclose(_dense(c, p, fine), want, atol=1e-6)
+    # (0,) is the movie alone
+    ((c0, p0),) = predict(net, [movie], delays=(0,))
+    ((c1, p1),) = predict(net, [movie])
+    assert np.array_equal(c0, c1) and np.array_equal(p0, p1)
+
+
+def test_infer_delays_option_and_the_models_advice(
+    cli, sparse3d: Path, model3d: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import zarr
+
+    plain, delayed = tmp_path / "plain.zarr", tmp_path / "delayed.zarr"
+    assert cli("infer", model3d, sparse3d, plain, "-q").code == 0
+    r = cli("infer", model3d, sparse3d, delayed, "--delays", "0,2")
+    assert r.code == 0, r.err
+    a, b = open_store(plain, "prediction"), open_store(delayed, "prediction")
+    assert a.attrs["delays"] == [] and b.attrs["delays"] == [0, 2]
+    assert not np.array_equal(a.array("feats")[:], b.array("feats")[:])
+    # the model's advice is followed by default, and ulm info shows it
+    advised = tmp_path / "advised.zarr"
+    shutil.copytree(model3d, advised)
+    zarr.open_group(advised, mode="r+").attrs["inference"] = {
+        "mirror": ["x", "y"], "delays": [0, 2], "threshold": 0.3}  # fmt: skip
+    assert "ulm infer uses: --mirror x,y --delays 0,2 --threshold 0.3" in cli("info", advised).out
+    out = tmp_path / "auto.zarr"
+    r = cli("infer", advised, sparse3d, out)
+    assert r.code == 0, r.err
+    assert "over delays of 0, 2 frames" in r.err
+    auto = open_store(out, "prediction")
+    assert auto.attrs["delays"] == [0, 2] and auto.attrs["mirror"] == ["x", "y"]
+    explicit = tmp_path / "explicit.zarr"
+    assert cli("infer", model3d, sparse3d, explicit, "--mirror", "x,y", "--delays", "0,2",
+               "--threshold", "0.3", "-q").code == 0  # fmt: skip
+    assert np.array_equal(auto.array("feats")[:], open_store(explicit).array("feats")[:])
+    # none (or 0) is the movie alone
+    for spec in ("none", "0"):
+        out = tmp_path / f"{spec}.zarr"
+        assert cli("infer", advised, sparse3d, out, "--mirror", "none", "--delays", spec,
+                   "--threshold", "0.5", "-q").code == 0  # fmt: skip
+        assert open_store(out).attrs["delays"] == []
+        assert np.array_equal(open_store(out).array("feats")[:], a.array("feats")[:])
+    bad = tmp_path / "bad.zarr"
+    for spec, msg in [("x", "'x' is not a whole number"), ("-1", "in [0, 1024)"),
+                      ("1024", "in [0, 1024)"), ("2.5", "not a whole number")]:  # fmt: skip
+        r = cli("infer", model3d, sparse3d, bad, "--delays", spec)
+        assert r.code == 2 and msg in r.err, (spec, r.err)
+        assert len(r.err.strip().splitlines()) <= 2  # the error and its hint, no traceback
+    from ulmtools.models.mspcn import MSPCN
+
+    dense = tmp_path / "mspcn.zarr"
+    model_store.save_model(dense, MSPCN())
+    img2d = make_sparse(tmp_path / "s2.zarr", (8, 8), frames=8, movies=1)
+    r = cli("infer", dense, img2d.with_name(img2d.name + ".img.zarr"), bad, "--delays", "0,8")
+    assert r.code == 2 and "--delays applies to the sparse model" in r.err
+    assert not bad.exists()
+
+
 def test_infer_mirror_option_and_the_models_advice(
     cli, sparse3d: Path, model3d: Path, tmp_path: Path
 ) -> None:

@@ -395,6 +395,7 @@ def infer(
     input_threshold: str = "auto",
     input_mask: PathLike | None = None,
     mirror: str | Sequence[str] = "auto",
+    delays: str | Sequence[int] = "auto",
     backend: str = "builtin",
     device: str = "auto",
     workers: int = 1,
@@ -415,6 +416,10 @@ def infer(
     map. ``mirror`` (sparse model): ``"x,y"`` averages each movie's map over its mirror
     images along those lateral axes (test-time mirroring, 2^k forward passes); ``auto``
     what the model recommends (its ``inference`` attribute), ``none`` no mirroring.
+    ``delays`` (sparse model): ``"0,8"`` also runs each movie (and mirror image) delayed
+    by these numbers of frames and averages every copy's map (test-time delays: the
+    network pools time in fixed bins); ``auto`` what the model recommends, ``none`` the
+    movie alone.
     """
     from ulmtools.errors import UsageError
     from ulmtools.infer.stage import model_input_kind
@@ -439,6 +444,11 @@ def infer(
                 "--mirror applies to the sparse model (sparse-deepstulm)",
                 "drop it for deepstulm and mspcn",
             )
+        if str(delays).lower() not in ("auto", "none", "", "()", "0"):
+            raise UsageError(
+                "--delays applies to the sparse model (sparse-deepstulm)",
+                "drop it for deepstulm and mspcn",
+            )
         kw["threshold"] = 0.5 if threshold is None else threshold
         return _infer_dense(*args, input_mask=mask, **kw)
     if input_mask is not None:
@@ -446,7 +456,7 @@ def infer(
             "--input-mask applies to the dense models (deepstulm, mspcn)",
             "the sparse model reads the sites of its sparse input store",
         )
-    return _infer_sparse(*args, backend=backend, mirror=mirror, **kw)
+    return _infer_sparse(*args, backend=backend, mirror=mirror, delays=delays, **kw)
 
 
 def _infer_sparse(
@@ -460,6 +470,7 @@ def _infer_sparse(
     input_threshold: str,
     backend: str,
     mirror: str | Sequence[str],
+    delays: str | Sequence[int],
     device: str,
     force: bool,
     executor: Executor,
@@ -469,7 +480,7 @@ def _infer_sparse(
     from ulmtools import sparse as sp
     from ulmtools.device import resolve_device
     from ulmtools.errors import InputError
-    from ulmtools.infer.core import InferConfig, training_threshold
+    from ulmtools.infer.core import InferConfig, delay_list, training_threshold
     from ulmtools.infer.core import input_threshold as pick_input_threshold
     from ulmtools.infer.stage import InferStage, InferTask
     from ulmtools.infer.weights import load_model
@@ -495,16 +506,25 @@ def _infer_sparse(
     else:
         names = mirror_names(mirror)
     mirror_axes(names, data.grid)
+    if str(delays).lower() == "auto":
+        frames = delay_list(advice.get("delays") or ())
+    elif str(delays).lower() == "none":
+        frames = ()
+    else:
+        frames = delay_list(delays)
+    frames = () if frames == (0,) else frames
     config = InferConfig(
         threshold=float(advice.get("threshold", 0.5)) if threshold is None else threshold,
         min_probability=min_probability,
         batch_size=batch_size,
         backend=str(backend),
         mirror=names,
+        delays=frames,
     )
-    if log is not None and (names or (threshold is None and "threshold" in advice)):
+    if log is not None and (names or frames or (threshold is None and "threshold" in advice)):
         mirrored = f"maps averaged over mirror images along {', '.join(names)}, " if names else ""
-        log(f"{mirrored}threshold {config.threshold:g}")
+        delayed = f"over delays of {', '.join(map(str, frames))} frames, " if frames else ""
+        log(f"{mirrored}{delayed}threshold {config.threshold:g}")
     data.min_power = pick_input_threshold(
         input_threshold, training_threshold(meta.provenance), data.input_rule
     )
@@ -537,6 +557,7 @@ def _infer_sparse(
         "threshold": config.threshold,
         "min_probability": config.min_probability,
         "mirror": list(config.mirror),
+        "delays": list(config.delays),
         "input_threshold": data.min_power,
         "model": meta.describe(),
         "movies": len(data),

@@ -178,6 +178,8 @@ def format_summary(s: dict[str, Any]) -> str:
         parts = []
         if advice.get("mirror"):
             parts.append(f"--mirror {','.join(advice['mirror'])}")
+        if advice.get("delays"):
+            parts.append(f"--delays {','.join(str(d) for d in advice['delays'])}")
         if advice.get("threshold") is not None:
             parts.append(f"--threshold {advice['threshold']:g}")
         why = f" ({advice['chosen']})" if advice.get("chosen") else ""

@@ -79,6 +79,17 @@ def infer(
             "about the probe's centre; auto: what the model recommends (ulm info), none: off.",
         ),
     ] = "auto",
+    delays: Annotated[
+        str,
+        typer.Option(
+            "--delays",
+            metavar="FRAMES",
+            help="Sparse model: also run each movie (and mirror image) delayed by these "
+            "numbers of frames (e.g. 0,8; 0 is the movie as it is) and average every copy's "
+            "map: the network pools time in fixed bins, so a delay bins the frames "
+            "differently; auto: what the model recommends (ulm info), none: off.",
+        ),
+    ] = "auto",
     backend: SparseBackend = Backend.builtin,
     device: Device = "auto",
     workers: Annotated[
@@ -123,6 +134,7 @@ def infer(
             input_threshold=input_threshold,
             input_mask=input_mask,
             mirror=mirror,
+            delays=delays,
             backend=backend.value,
             device=device,
             workers=workers,

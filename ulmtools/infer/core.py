@@ -45,6 +45,9 @@ class InferConfig:
     #: lateral axes ("x", "y"): each movie's map is the mean of the maps of its mirror
     #: images along them (test-time mirroring, 2^k forward passes)
     mirror: tuple[str, ...] = ()
+    #: frames by which each movie (and each mirror image) is also delayed, the map being
+    #: the mean over every copy (test-time delays; () is the movie alone, as (0,))
+    delays: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -56,9 +59,47 @@ class InferConfig:
             )
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_delays(self.delays)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The longest test-time delay, in frames: the network pools time 1024 frames deep
+#: (4 * 4 * 8 * 8); a delay of a whole pooling period bins the frames as no delay does.
+MAX_DELAY = 1024
+
+
+def check_delays(delays: Sequence[int]) -> None:
+    """Refuse test-time delays that are not frame counts in [0, MAX_DELAY)."""
+    for d in delays:
+        if isinstance(d, bool) or int(d) != d or not 0 <= d < MAX_DELAY:
+            raise UsageError(
+                f"--delays {d}: a delay is a number of frames in [0, {MAX_DELAY})",
+                "give e.g. --delays 0,8 (0 is the movie as it is)",
+            )
+    if len(set(delays)) != len(delays):
+        raise UsageError(f"--delays {','.join(map(str, delays))} repeats a delay")
+
+
+def delay_list(spec: str | Sequence[int] | None) -> tuple[int, ...]:
+    """``--delays``' frame counts from "0,8" or a sequence, in order, without repeats."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return ()
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[int] = []
+    for p in parts:
+        try:
+            d = int(str(p).strip())
+        except ValueError:
+            raise UsageError(
+                f"--delays {spec!r}: {str(p).strip()!r} is not a whole number of frames",
+                "give e.g. --delays 0,8 (0 is the movie as it is)",
+            ) from None
+        if d not in out:
+            out.append(d)
+    check_delays(out)
+    return tuple(out)
 
 
 def predict(
@@ -69,6 +110,7 @@ def predict(
     backend: str | None = None,
     mirror: Sequence[int] = (),
     shape: Sequence[int] | None = None,
+    delays: Sequence[int] = (),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Probability maps of a batch of movies.
 
@@ -79,26 +121,32 @@ def predict(
 
     ``mirror`` (spatial axis indices, lateral ones; ``shape`` the input's spatial
     grid) averages the maps of the movie's 2^k mirror images along those axes, each
-    mirrored back: a site missing from one image's map counts as probability 0 there.
+    mirrored back; ``delays`` (frames) also runs each image delayed by each of them
+    (the network pools time in fixed bins, so a delay that is not a multiple of its
+    pooling bins the frames differently) and averages over every copy. A site missing
+    from one copy's map counts as probability 0 there.
     """
-    if not mirror:
+    delays = tuple(int(d) for d in delays) or (0,)
+    if not mirror and delays == (0,):
         return _predict(model, movies, device=device, backend=backend)
-    if shape is None:
+    if mirror and shape is None:
         raise ValueError("mirrored prediction needs the input grid's shape")
-    fine = [FACTOR * n for n in shape]
-    images = [
+    fine = [FACTOR * n for n in shape] if shape is not None else None
+    flip_sets = [
         tuple(a for a, on in zip(mirror, bits) if on)
         for bits in itertools.product((0, 1), repeat=len(mirror))
     ]
+    images = list(itertools.product(flip_sets, delays))
     parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in movies]
-    for flips in images:
-        flipped = []
+    for flips, delay in images:
+        copies = []
         for c, f in movies:
             c = c.copy()
             for a in flips:
                 c[:, 1 + a] = shape[a] - 1 - c[:, 1 + a]
-            flipped.append((c, f))
-        for i, (c, p) in enumerate(_predict(model, flipped, device=device, backend=backend)):
+            c[:, 0] += delay
+            copies.append((c, f))
+        for i, (c, p) in enumerate(_predict(model, copies, device=device, backend=backend)):
             for a in flips:
                 c[:, a] = fine[a] - 1 - c[:, a]
             parts[i].append((c, p))
@@ -110,11 +158,12 @@ def predict(
             results.append((c.astype(np.int32), p.astype(np.float32)))
             continue
         # flat indices sort as the coordinates do (C order): one 1-D unique
+        dims = fine if fine is not None else tuple(int(n) + 1 for n in c.max(0))
         flat, which = np.unique(
-            np.ravel_multi_index(tuple(c.T.astype(np.int64)), fine), return_inverse=True
+            np.ravel_multi_index(tuple(c.T.astype(np.int64)), dims), return_inverse=True
         )
         mean = np.bincount(which.ravel(), weights=p, minlength=len(flat)) / len(images)
-        sites = np.stack(np.unravel_index(flat, fine), axis=1)
+        sites = np.stack(np.unravel_index(flat, dims), axis=1)
         results.append((sites.astype(np.int32), mean.astype(np.float32)))
     return results
 

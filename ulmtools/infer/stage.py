@@ -186,6 +186,7 @@ class InferTask:
             backend=self.config.backend,
             mirror=mirror_axes(self.config.mirror, data.grid) if self.config.mirror else (),
             shape=data.shape[1:],
+            delays=self.config.delays,
         )
         per = (time.perf_counter() - t0) / len(unit)
         out = []
