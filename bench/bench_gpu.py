@@ -8,9 +8,9 @@ paper's 0.25. Built-in sparse engine, width 16 (the paper's), batch 1.
 Prints one table: the median time of a training step (forward, backward, Adam)
 over ``--steps`` steps and the peak GPU memory of training; the time to infer a
 512-frame movie and its peak memory, untrained (every generative site kept) and
-with the shipped 3D weights (pruned), plain and with the 4 mirror images ``ulm
-infer`` averages by default for that model; beside the paper's V100 figures (70 ms per
-movie, 9.9 GB of training memory).
+with the shipped 3D weights (pruned), plain and with the 4 mirror images x 2 delays
+(0, 8 frames) ``ulm infer`` averages by default for that model; beside the paper's
+V100 figures (70 ms per movie, 9.9 GB of training memory).
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def infer_movie(
     device: torch.device,
     channels: int = 16,
     mirror: tuple[int, ...] = (),
+    delays: tuple[int, ...] = (),
 ) -> tuple[float, float, int]:
     from ulmtools.infer.core import predict
     from ulmtools.infer.weights import load_model
@@ -104,7 +105,7 @@ def infer_movie(
         torch.manual_seed(0)
         net = SparseDeepStulm(dimension=data.dimension, channels=channels).to(device).eval()
     movie = data.movie(0)
-    kw = {"mirror": mirror, "shape": data.shape[1:]}
+    kw = {"mirror": mirror, "shape": data.shape[1:], "delays": delays}
     predict(net, [movie], device=device, **kw)  # warm-up
     reset_peak(device)
     times = []
@@ -144,12 +145,13 @@ def main() -> None:
         test = simulate(Path(tmp) / "test.zarr", infer_frames, 1, seed=12)
         step_s, train_gb = train_steps(train, steps, device, width)
         rows = [(f"train step, plain, width {width}", f"{train_frames} fr", step_s, train_gb, None)]
-        for label, model, mirror in (
-            (f"infer, untrained width {width}", None, ()),
-            ("infer, shipped:3d, plain", "shipped:3d", ()),
-            ("infer, shipped:3d, 4 mirror images (its default)", "shipped:3d", (1, 2)),
-        ):
-            sec, gb, sites = infer_movie(test, model, device, width, mirror)
+        for label, model, mirror, delays in (
+            (f"infer, untrained width {width}", None, (), ()),
+            ("infer, shipped:3d, plain", "shipped:3d", (), ()),
+            ("infer, shipped:3d, 4 mirror images x delays 0, 8 (its default)", "shipped:3d",
+             (1, 2), (0, 8)),
+        ):  # fmt: skip
+            sec, gb, sites = infer_movie(test, model, device, width, mirror, delays)
             rows.append((label, f"{infer_frames} fr", sec, gb, sites))
     unit = "GPU GiB" if device.type == "cuda" else "RSS GiB"
     print(
