@@ -130,3 +130,71 @@ def test_init_refusals(cli, data: Path, tmp_path: Path) -> None:
     r = cli("train", data, tmp_path / "m.zarr", "--init", data)
     assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) <= 2
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_time_pool_is_a_stored_architecture_choice_that_init_may_change(
+    cli, data: Path, tmp_path: Path
+) -> None:
+    from ulmtools.infer.core import predict
+    from ulmtools.models.deepstulm import SparseDeepStulm
+    from ulmtools.train.data import SparseMovies
+
+    pooled = tmp_path / "pooled.zarr"
+    r = cli("train", data, pooled, "--epochs", "1", "--channels", "4", "--seed", "2",
+            "--deep-supervision", "--time-pool", "2,2,2,64", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    net, meta = model_store.load(pooled)
+    assert meta.kwargs["time_pool"] == [2, 2, 2, 64] and net.time_pool == (2, 2, 2, 64)
+    assert meta.training["config"]["time_pool"] == [2, 2, 2, 64]
+    assert "time_pool=[2, 2, 2, 64]" in cli("info", pooled).out
+    # the same weights pooled the paper's way make another map: the pooling is used
+    paper = SparseDeepStulm(**{**meta.kwargs, "time_pool": (4, 4, 8, 8)})
+    paper.load_state_dict(net.state_dict())
+    movie = SparseMovies(data).movie(0)
+    (c1, p1), (c2, p2) = predict(net, [movie])[0], predict(paper, [movie])[0]
+    assert len(c1) != len(c2) or not torch.allclose(torch.from_numpy(p1), torch.from_numpy(p2))
+    # --init keeps the model's pooling, or takes a new one (pooling has no weights)
+    kept, changed = tmp_path / "kept.zarr", tmp_path / "changed.zarr"
+    train(data, kept, init=pooled, epochs=1, lr=1e-9, seed=3)
+    assert model_store.load(kept)[1].kwargs["time_pool"] == [2, 2, 2, 64]
+    train(data, changed, init=pooled, epochs=1, lr=1e-9, seed=3, time_pool="4,4,8,8")
+    w0, _ = model_store.load_state(pooled)
+    w1, meta1 = model_store.load_state(changed)
+    assert meta1.kwargs["time_pool"] == [4, 4, 8, 8]
+    assert {k: v for k, v in meta1.kwargs.items() if k != "time_pool"} == {
+        k: v for k, v in meta.kwargs.items() if k != "time_pool"
+    }
+    conv = [k for k in w0 if k.endswith("weight") and w0[k].ndim > 1]
+    assert max(float((w1[k] - w0[k]).abs().max()) for k in conv) < 1e-4
+    # --resume keeps the stored pooling (also from an --init model with another) and
+    # refuses a different one
+    from tests.test_train import interrupt_in_epoch
+    from ulmtools.train import loop
+
+    part = tmp_path / "part.zarr"
+    monkeypatch = pytest.MonkeyPatch()
+    real = interrupt_in_epoch(2, monkeypatch)
+    try:
+        r = cli("train", data, part, "--init", pooled, "--epochs", "2", "--lr", "1e-9",
+                "--time-pool", "4,4,8,8", "-q")  # fmt: skip
+        assert r.code == 130, r.err
+    finally:
+        monkeypatch.setattr(loop, "run_epoch", real)
+        monkeypatch.undo()
+    r = cli("train", data, part, "--resume", "--init", pooled, "--time-pool", "2,2,2,64")
+    assert r.code == 2 and "--time-pool 2,2,2,64 (stored 4,4,8,8)" in r.err
+    r = cli("train", data, part, "--resume", "--init", pooled, "-q")
+    assert r.code == 0, r.err
+    assert model_store.load(part)[1].kwargs["time_pool"] == [4, 4, 8, 8]
+    # refusals: one line, exit 2, nothing written
+    bad = tmp_path / "bad.zarr"
+    for spec, msg in [("4,4,8", "needs 4 positive whole factors"),
+                      ("4,4,0,8", "needs 4 positive whole factors"),
+                      ("4,4,x,8", "give 4 whole numbers")]:  # fmt: skip
+        r = cli("train", data, bad, "--time-pool", spec)
+        assert r.code == 2 and msg in r.err, (spec, r.err)
+        assert "Traceback" not in r.err
+    img = data.with_name(data.name + ".img.zarr")
+    r = cli("train", img, bad, "--arch", "mspcn", "--time-pool", "4,4,8,8")
+    assert r.code == 2 and "--time-pool" in r.err
+    assert not bad.exists()

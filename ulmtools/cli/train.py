@@ -118,6 +118,18 @@ def train(
             show_default="5",
         ),
     ] = None,
+    time_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--time-pool",
+            metavar="A,B,C,D",
+            help="sparse-deepstulm: time pooling of down 1, down 2, transition 1 and "
+            "transition 2 (the paper's 4,4,8,8 leaves a 128-frame movie one time index at "
+            "the high-resolution levels; 4,4,2,32 leaves it four). Pooling has no weights: "
+            "with --init it may differ from the model's.",
+            show_default="4,4,8,8, or --init's",
+        ),
+    ] = None,
     deep_supervision: Annotated[
         bool,
         typer.Option(
@@ -235,6 +247,7 @@ def train(
             lr=lr,
             channels=channels,
             input_kernel=input_kernel,
+            time_pool=time_pool,
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,

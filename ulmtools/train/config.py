@@ -51,6 +51,31 @@ def check_channels(channels: int, *, even: bool = True) -> None:
         )
 
 
+def check_time_pool(time_pool: tuple[int, ...]) -> None:
+    """Refuse a time pooling the network cannot have."""
+    if len(time_pool) != 4 or any(int(p) != p or p < 1 for p in time_pool):
+        raise UsageError(
+            f"--time-pool needs 4 positive whole factors, got {','.join(map(str, time_pool))}",
+            "down 1, down 2, transition 1, transition 2; the paper's is 4,4,8,8",
+        )
+
+
+def time_pool_factors(spec: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``--time-pool``'s four factors from "4,4,2,32" (None: not given)."""
+    if spec is None:
+        return None
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        out = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise UsageError(
+            f"--time-pool {spec!r}: give 4 whole numbers separated by commas",
+            "e.g. --time-pool 4,4,2,32 (the paper's is 4,4,8,8)",
+        ) from None
+    check_time_pool(out)
+    return out
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A training schedule: epochs, piecewise-constant learning rate and batch size.
@@ -176,6 +201,10 @@ class TrainConfig:
     #: (each with probability 1/2 per movie and epoch): data augmentation for
     #: acquisitions symmetric about the probe's centre
     mirror: tuple[str, ...] = ()
+    #: time pooling of down 1, down 2, transition 1, transition 2 (the paper's 4, 4, 8, 8:
+    #: a 128-frame movie has one time index left at the high-resolution levels, a
+    #: 512-frame one four)
+    time_pool: tuple[int, ...] = (4, 4, 8, 8)
     backend: str = "builtin"
     seed: int = 0
     dice_smooth: float = 1e-3
@@ -191,6 +220,7 @@ class TrainConfig:
         if any(not (math.isfinite(v) and v > 0) for _, v in self.schedule.lr):
             raise UsageError("--lr must be a positive finite number")
         check_channels(self.channels)
+        check_time_pool(self.time_pool)
         if self.input_kernel not in (1, 3, 5, 7):
             raise UsageError(
                 f"--input-kernel must be 1, 3, 5 or 7, got {self.input_kernel}",
@@ -238,6 +268,7 @@ class TrainConfig:
             "dimension": dimension,
             "channels": self.channels,
             "input_kernel": self.input_kernel,
+            "time_pool": list(self.time_pool),
             "deep_supervision": self.classifiers,
             "pruning": self.pruning,
         }
@@ -253,6 +284,8 @@ class TrainConfig:
         rest = {k: v for k, v in d.items() if k != "schedule"}
         if "mirror" in rest:
             rest["mirror"] = tuple(rest["mirror"])
+        if "time_pool" in rest:
+            rest["time_pool"] = tuple(int(p) for p in rest["time_pool"])
         return cls(schedule=Schedule(**s), **rest)
 
 

@@ -52,6 +52,7 @@ def train(
     lr: float | None = None,
     channels: int | None = None,
     input_kernel: int | None = None,
+    time_pool: str | Sequence[int] | None = None,
     deep_supervision: bool = False,
     pruning: bool = False,
     cascade: bool = False,
@@ -79,6 +80,10 @@ def train(
     classifiers come from it (``channels`` and ``input_kernel`` may only repeat them),
     and a pruned model stays pruned.  ``channels`` defaults to 16, or ``init``'s.
 
+    ``time_pool`` (``"4,4,2,32"`` or four integers) sets the network's time pooling at
+    down 1, down 2, transition 1 and transition 2 (default the paper's 4, 4, 8, 8, or
+    ``init``'s; pooling has no weights, so ``init``'s may be changed).
+
     ``mirror`` (``"x"``, ``"x,y"`` or a sequence of lateral axis names) mirrors each
     training movie at random along those axes, every epoch (data augmentation, for
     acquisitions symmetric about the probe's centre, as the presets are).
@@ -100,6 +105,7 @@ def train(
         "--also": bool(also),
         "--schedule": schedule != "auto",
         "--input-kernel": input_kernel is not None,
+        "--time-pool": time_pool is not None,
         "--deep-supervision": deep_supervision,
         "--pruning": pruning,
         "--cascade": cascade,
@@ -108,6 +114,7 @@ def train(
         "--backend": backend != "builtin",
         "--init": init is not None,
     }
+    from ulmtools.train.config import time_pool_factors
     from ulmtools.train.data import mirror_names
     from ulmtools.train.distributed import torchrun_env
 
@@ -172,6 +179,7 @@ def train(
             lr=lr,
             channels=channels,
             input_kernel=input_kernel,
+            time_pool=time_pool_factors(time_pool),
             deep_supervision=deep_supervision,
             pruning=pruning,
             cascade=cascade,
@@ -211,6 +219,7 @@ def _train_sparse(
     lr: float | None,
     channels: int | None,
     input_kernel: int | None,
+    time_pool: tuple[int, ...] | None,
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
@@ -259,6 +268,8 @@ def _train_sparse(
             channels, input_kernel, deep_supervision, pruning = _init_architecture(
                 kw, channels, input_kernel, deep_supervision, pruning, cascade
             )
+            # pooling has no weights: a new run keeps the model's unless told
+            init_pool = tuple(int(p) for p in kw.get("time_pool", (4, 4, 8, 8)))
 
         state = None
         if resume:
@@ -268,7 +279,8 @@ def _train_sparse(
             state, config, stored = load_resume(model_store, torch_device)
             _check_same(
                 config, stored, data, schedule, epochs, batch_size, lr, channels,
-                input_kernel, deep_supervision, pruning, cascade, mirror, backend, seed,
+                input_kernel, time_pool, deep_supervision, pruning, cascade, mirror, backend,
+                seed,
             )  # fmt: skip
             if init_model is not None and (stored.get("init") or {}).get("id") != init_model.id:
                 raise UsageError(
@@ -307,6 +319,7 @@ def _train_sparse(
                 schedule=sched,
                 channels=16 if channels is None else channels,
                 input_kernel=5 if input_kernel is None else input_kernel,
+                time_pool=time_pool or (init_pool if init_model is not None else (4, 4, 8, 8)),
                 deep_supervision=deep_supervision,
                 pruning=pruning,
                 cascade=cascade,
@@ -678,6 +691,7 @@ def _check_same(
     lr: float | None,
     channels: int | None,
     input_kernel: int | None,
+    time_pool: tuple[int, ...] | None,
     deep_supervision: bool,
     pruning: bool,
     cascade: bool,
@@ -705,6 +719,9 @@ def _check_same(
         clashes.append(f"--channels {channels} (stored {config.channels})")
     if input_kernel is not None and input_kernel != config.input_kernel:
         clashes.append(f"--input-kernel {input_kernel} (stored {config.input_kernel})")
+    if time_pool is not None and tuple(time_pool) != tuple(config.time_pool):
+        have = ",".join(map(str, config.time_pool))
+        clashes.append(f"--time-pool {','.join(map(str, time_pool))} (stored {have})")
     for flag, given, have in (
         ("--deep-supervision", deep_supervision, config.deep_supervision),
         ("--pruning", pruning, config.pruning),
