@@ -13,8 +13,8 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~80 min for
-# 3D on one (data 7 min, training 74), on this shared 2-core machine):
+# stage 1 70, stage 2 30) and ~100 min for
+# 3D on one (data 7 min, training 88), on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
@@ -23,25 +23,28 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~80 min on one core; 16 networks
-#   x 2 concentrations x 4 movies = 128 training movies):
-#   SCHEDULE_3D=cpu-3d EPOCHS_3D=20 CHANNELS_3D=8 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
+#   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core; 16 networks
+#   x 2 concentrations x 4 movies = 128 training movies; the paper's width 16, 1792 steps:
+#   validation 0.292 plain, 0.322 mirrored against 0.263 / 0.308 for width 8 at 2560 steps,
+#   FINDINGS-3d.md section 14):
+#   SCHEDULE_3D=cpu-3d EPOCHS_3D=14 CHANNELS_3D=16 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
-#                                (32 networks with EPOCHS_3D=10, the same steps on twice the
+#                                (width 8: 32 networks with EPOCHS_3D=10, the same steps on twice the
 #                                data: validation +0.003 advised, held-out within 0.01;
 #                                FINDINGS-3d.md section 10)
-#                                (EPOCHS_3D=28, 1.4x the steps: validation +0.003 advised, held-out
+#                                (width 8, EPOCHS_3D=28, 1.4x the steps: validation +0.003 advised, held-out
 #                                within 0.013; section 11)
-#   VAL_MOVIES_3D=2              validation movies (30 MB/FOV) for the per-epoch Dice and the
+#   VAL_MOVIES_3D=4              validation movies (30 MB/FOV) for the per-epoch Dice and the
 #                                inference advice; two runs of one recipe differed by 0.007
-#                                on 2, so compare close recipes on more (plain inference of
-#                                one costs ~2.6 s per epoch here); stored as val3d-mN unless 2
+#                                on 2, so close recipes are compared on 4 (plain inference of
+#                                one costs ~2.6 s per epoch at width 8); stored as val3d-mN
+#                                unless 2
 #   MIRROR_3D=                   x,y: training movies mirrored at random along x and y (ulm
 #                                train --mirror); off in the shipped recipe; from scratch, two
 #                                runs reached validation 0.261 / 0.262 plain, 0.303 / 0.296
-#                                advised (shipped 0.237, 0.289) and held-out net 103 equal to
+#                                advised (the width-8 model then shipped: 0.237, 0.289), held-out equal to
 #                                the shipped model's within 0.004 (FINDINGS-3d.md section 9)
 #   INFER_ADVICE=1               choose the test-time mirroring and threshold ulm infer uses by
 #                                default, on the validation movies (kept if it gains >= 0.01:
@@ -83,7 +86,7 @@ SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
 TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
-VAL_MOVIES_3D=${VAL_MOVIES_3D:-2}
+VAL_MOVIES_3D=${VAL_MOVIES_3D:-4}
 MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
@@ -97,9 +100,9 @@ if [ "$SCHEDULE_3D" = paper-3d ]; then
     MOVIES_3D=${MOVIES_3D:-16}
     FRAMES_3D=${FRAMES_3D:-512}
 else
-    EPOCHS_3D=${EPOCHS_3D:-20}
+    EPOCHS_3D=${EPOCHS_3D:-14}
     FINETUNE_EPOCHS_3D=${FINETUNE_EPOCHS_3D:-0}
-    CHANNELS_3D=${CHANNELS_3D:-8}
+    CHANNELS_3D=${CHANNELS_3D:-16}
     BATCH_3D=${BATCH_3D:-1}
     INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-3}
     MOVIES_3D=${MOVIES_3D:-4}
