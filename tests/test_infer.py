@@ -223,6 +223,23 @@ def model3d(tmp_path_factory) -> Path:
     return path
 
 
+def _net_and_movie(model: Path, data: Path):
+    """The model, the input grid's shape, the fine grid's shape and the first movie."""
+    net, _ = model_store.load(model)
+    movies = SparseMovies(data)
+    return net, movies.shape[1:], tuple(movies.fine_grid.shape), movies.movie(0)
+
+
+def _infer_dense_model(cli, tmp_path: Path, out: Path, *options: str):
+    """``ulm infer`` of an mspcn model on a small 2D image store, with ``options``."""
+    from ulmtools.models.mspcn import MSPCN
+
+    dense = tmp_path / "mspcn.zarr"
+    model_store.save_model(dense, MSPCN())
+    img2d = make_sparse(tmp_path / "s2.zarr", (8, 8), frames=8, movies=1)
+    return cli("infer", dense, img2d.with_name(img2d.name + ".img.zarr"), out, *options)
+
+
 def _dense(coords: np.ndarray, prob: np.ndarray, shape) -> np.ndarray:
     out = np.zeros(shape, np.float64)
     out[tuple(coords.T.astype(np.int64))] = prob
@@ -232,10 +249,7 @@ def _dense(coords: np.ndarray, prob: np.ndarray, shape) -> np.ndarray:
 def test_mirrored_prediction_is_the_mean_of_the_mirror_images(
     sparse3d: Path, model3d: Path
 ) -> None:
-    net, _ = model_store.load(model3d)
-    data = SparseMovies(sparse3d)
-    shape, fine = data.shape[1:], tuple(data.fine_grid.shape)
-    movie = data.movie(0)
+    net, shape, fine, movie = _net_and_movie(model3d, sparse3d)
     ((c, p),) = predict(net, [movie], mirror=(1, 2), shape=shape)
     assert np.array_equal(c, np.unique(c, axis=0))  # sorted, one row per site
     # brute force: each mirror image predicted alone, mirrored back, densely averaged
@@ -260,10 +274,7 @@ def test_mirrored_prediction_is_the_mean_of_the_mirror_images(
 def test_delayed_prediction_is_the_mean_of_the_delayed_copies(
     sparse3d: Path, model3d: Path
 ) -> None:
-    net, _ = model_store.load(model3d)
-    data = SparseMovies(sparse3d)
-    shape, fine = data.shape[1:], tuple(data.fine_grid.shape)
-    movie = data.movie(0)
+    net, shape, fine, movie = _net_and_movie(model3d, sparse3d)
 
     def alone(coords: np.ndarray, delay: int) -> np.ndarray:
         coords = coords.copy()
@@ -336,12 +347,7 @@ def test_infer_delays_option_and_the_models_advice(
         r = cli("infer", model3d, sparse3d, bad, "--delays", spec)
         assert r.code == 2 and msg in r.err, (spec, r.err)
         assert len(r.err.strip().splitlines()) <= 2  # the error and its hint, no traceback
-    from ulmtools.models.mspcn import MSPCN
-
-    dense = tmp_path / "mspcn.zarr"
-    model_store.save_model(dense, MSPCN())
-    img2d = make_sparse(tmp_path / "s2.zarr", (8, 8), frames=8, movies=1)
-    r = cli("infer", dense, img2d.with_name(img2d.name + ".img.zarr"), bad, "--delays", "0,8")
+    r = _infer_dense_model(cli, tmp_path, bad, "--delays", "0,8")
     assert r.code == 2 and "--delays applies to the sparse model" in r.err
     assert not bad.exists()
 
@@ -381,12 +387,7 @@ def test_infer_mirror_option_and_the_models_advice(
     assert r.code == 2 and "depth axis" in r.err
     r = cli("infer", model3d, sparse3d, bad, "--mirror", "w")
     assert r.code == 2 and "no axis 'w'" in r.err
-    from ulmtools.models.mspcn import MSPCN
-
-    dense = tmp_path / "mspcn.zarr"
-    model_store.save_model(dense, MSPCN())
-    img2d = make_sparse(tmp_path / "s2.zarr", (8, 8), frames=8, movies=1)
-    r = cli("infer", dense, img2d.with_name(img2d.name + ".img.zarr"), bad, "--mirror", "x")
+    r = _infer_dense_model(cli, tmp_path, bad, "--mirror", "x")
     assert r.code == 2 and "--mirror applies to the sparse model" in r.err
     assert not bad.exists()
 

@@ -86,3 +86,18 @@ class BackendError(UlmError):
     """A device or optional backend that was asked for is not available."""
 
     exit_code = EXIT_BACKEND
+
+
+def whole_numbers(spec: str | object, flag: str, hint: str) -> tuple[int, ...]:
+    """An option's comma-separated whole numbers ("0,8"), or a sequence of them, in order;
+    a part that is not a whole number is a :class:`UsageError` naming it, with ``hint``."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)  # type: ignore[call-overload]
+    out = []
+    for p in parts:
+        try:
+            out.append(int(str(p).strip()))
+        except ValueError:
+            raise UsageError(
+                f"{flag} {spec!r}: {str(p).strip()!r} is not a whole number", hint
+            ) from None
+    return tuple(out)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import zarr
 
-from ulmtools.errors import UsageError
+from ulmtools.errors import UsageError, whole_numbers
 from ulmtools.models.deepstulm import FACTOR, SparseDeepStulm
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.score.maps import dice
@@ -86,20 +86,10 @@ def delay_list(spec: str | Sequence[int] | None) -> tuple[int, ...]:
     """``--delays``' frame counts from "0,8" or a sequence, in order, without repeats."""
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return ()
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: list[int] = []
-    for p in parts:
-        try:
-            d = int(str(p).strip())
-        except ValueError:
-            raise UsageError(
-                f"--delays {spec!r}: {str(p).strip()!r} is not a whole number of frames",
-                "give e.g. --delays 0,8 (0 is the movie as it is)",
-            ) from None
-        if d not in out:
-            out.append(d)
+    frames = whole_numbers(spec, "--delays", "give e.g. --delays 0,8 (0 is the movie as it is)")
+    out = tuple(dict.fromkeys(frames))
     check_delays(out)
-    return tuple(out)
+    return out
 
 
 def predict(

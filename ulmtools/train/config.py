@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ulmtools.errors import UsageError
+from ulmtools.errors import UsageError, whole_numbers
 
 ARCHITECTURES = ("sparse-deepstulm",)
 
@@ -64,14 +64,8 @@ def time_pool_factors(spec: str | tuple[int, ...] | None) -> tuple[int, ...] | N
     """``--time-pool``'s four factors from "4,4,2,32" (None: not given)."""
     if spec is None:
         return None
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    try:
-        out = tuple(int(str(p).strip()) for p in parts)
-    except ValueError:
-        raise UsageError(
-            f"--time-pool {spec!r}: give 4 whole numbers separated by commas",
-            "e.g. --time-pool 4,4,2,32 (the paper's is 4,4,8,8)",
-        ) from None
+    hint = "give 4 whole numbers separated by commas, e.g. --time-pool 4,4,2,32 (the paper's "
+    out = whole_numbers(spec, "--time-pool", hint + "is 4,4,8,8)")
     check_time_pool(out)
     return out
 
