@@ -64,8 +64,8 @@ def time_pool_factors(spec: str | tuple[int, ...] | None) -> tuple[int, ...] | N
     """``--time-pool``'s four factors from "4,4,2,32" (None: not given)."""
     if spec is None:
         return None
-    hint = "give 4 whole numbers separated by commas, e.g. --time-pool 4,4,2,32 (the paper's "
-    out = whole_numbers(spec, "--time-pool", hint + "is 4,4,8,8)")
+    hint = "give 4 whole numbers separated by commas, e.g. 4,4,2,32; the paper's is 4,4,8,8"
+    out = whole_numbers(spec, "--time-pool", hint)
     check_time_pool(out)
     return out
 
