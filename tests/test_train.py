@@ -545,3 +545,32 @@ def test_several_training_stores_are_one_set(cli, data2d: Path, data3d: Path, tm
     assert meta.history[0]["steps"] == -(-2 * len(one) // meta.history[0]["batch_size"])
     assert len(meta.training["also"]) == 1
     assert cli("train", data2d, tmp_path / "n.zarr", "--also", data3d).code == 3
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_sparse_dice_loss_matches_a_dense_brute_force(times) -> None:
+    """The loss projects each site's probability over time (maximum) onto a dense grid,
+    counting absent sites as 0, whatever order the sites come in (one time index: the
+    final output, left unsorted)."""
+    from ulmtools import sparse as sp
+    from ulmtools.train.loss import sparse_dice_loss
+
+    rng = np.random.default_rng(times)
+    # 40 distinct (movie, t, z, x) sites; with several time indices a cell repeats
+    sites = rng.choice(2 * times * 6 * 6, size=40, replace=False)  # in no order
+    batch, t, z, x = np.unravel_index(sites, (2, times, 6, 6))
+    coords = torch.tensor(np.stack([batch, t * 4, z * 2, x * 2], 1), dtype=torch.int32)
+    logits = torch.tensor(rng.normal(size=(len(coords), 1)), dtype=torch.float32)
+    logits.requires_grad_(True)
+    target = torch.from_numpy(rng.random((2, 6, 6)) < 0.3)
+    loss = sparse_dice_loss(sp.sparse_tensor(coords, logits, (4, 2, 2)), target, smooth=1e-3)
+    dense = torch.zeros(2, 6, 6)
+    for (b, _, zz, xx), p in zip(
+        coords.tolist(), torch.sigmoid(logits[:, 0]).tolist(), strict=True
+    ):
+        dense[b, zz // 2, xx // 2] = max(float(dense[b, zz // 2, xx // 2]), p)
+    y = target.float()
+    ref = 1 - (2 * (dense * y).sum() + 1e-3) / (dense.sum() + y.sum() + 1e-3)
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and bool((logits.grad != 0).any())

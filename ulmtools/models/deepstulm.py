@@ -91,7 +91,7 @@ class _ConvBnElu(nn.Module):
         super().__init__()
         self.conv = sp.Conv(cin, cout, kernel_size=kernel, dimension=dimension)
         self.bn = sp.BatchNorm(cout)
-        self.act = sp.ELU()
+        self.act = sp.ELU(inplace=True)
 
     def forward(self, x: sp.SparseTensor) -> sp.SparseTensor:
         return self.act(self.bn(self.conv(x)))
@@ -117,7 +117,7 @@ class _InputBlock(nn.Module):
             raise ValueError(f"channels ({cout}) must be a multiple of the inputs ({cin})")
         self.conv = sp.Conv(cin, cout, kernel_size=kernel, dimension=dimension)
         self.bn = sp.BatchNorm(cout)
-        self.act = sp.ELU()
+        self.act = sp.ELU(inplace=True)
         self.repeat = cout // cin
 
     def forward(self, x: sp.SparseTensor) -> sp.SparseTensor:
@@ -151,7 +151,7 @@ class _Up(nn.Module):
             dimension=dimension,
         )
         self.bn = sp.BatchNorm(half)
-        self.act = sp.ELU()
+        self.act = sp.ELU(inplace=True)
         self.res = _Residual(cout, 3, dimension)
 
     def forward(self, x: sp.SparseTensor, skip: sp.SparseTensor) -> sp.SparseTensor:
@@ -174,20 +174,24 @@ class _HighRes(nn.Module):
             dimension=dimension,
         )
         self.bn = sp.BatchNorm(channels)
-        self.act = sp.ELU()
+        self.act = sp.ELU(inplace=True)
         self.res = _Residual(channels, 3, dimension)
 
     def forward(self, x: sp.SparseTensor) -> sp.SparseTensor:
         return self.res(self.act(self.bn(self.up(x))))
 
 
-def project_time(coords: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def project_time(
+    coords: Tensor, values: Tensor, *, sort: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """Maximum over time of per-site values, per spatial site.
 
     ``coords`` (N, 1 + D) are ``(batch, t, *space)``, ``values`` (N,) or (N, C).
     Returns the unique ``(batch, *space)`` rows (M, D) sorted, their maxima
     (M,) or (M, C) (differentiable: the gradient goes to the arg-max), and the
-    inverse index (N,) from sites to rows.
+    inverse index (N,) from sites to rows.  ``sort=False`` leaves the rows in site
+    order when every site has the same time index (a loss needs no order; sorting
+    the final output's million sites cost a training step ~0.2 GB).
     """
     spatial = torch.cat([coords[:, :1], coords[:, 2:]], dim=1).long()
     if spatial.shape[0] == 0:
@@ -195,6 +199,8 @@ def project_time(coords: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor
         return spatial, values[:0], empty
     if bool((coords[:, 1] == coords[0, 1]).all()):
         # One time index (the final output): sites are already unique in space.
+        if not sort:
+            return spatial, values, torch.arange(spatial.shape[0], device=spatial.device)
         key = _linear_key(spatial)
         order = torch.argsort(key)
         inverse = torch.empty_like(order)
@@ -223,10 +229,15 @@ def _linear_key(rows: Tensor) -> Tensor:
     return key
 
 
+def _one_time_index(x: sp.SparseTensor) -> bool:
+    """Every site at t = 0 (a movie no longer than the time pooled so far)."""
+    return not bool((x.coords[:, 1] != 0).any())
+
+
 def _collapse_time(x: sp.SparseTensor) -> sp.SparseTensor:
     """One time index per spatial site (t = 0): the global maximum over time."""
     coords = x.coords
-    if coords.shape[0] == 0 or not bool((coords[:, 1] != 0).any()):
+    if _one_time_index(x):
         return x
     rows, feats, _ = project_time(coords, x.feats)
     out = torch.zeros((rows.shape[0], coords.shape[1]), dtype=torch.int32, device=coords.device)
@@ -404,10 +415,22 @@ class SparseDeepStulm(nn.Module):
                         y = sp.prune(y, keep)
             out.sites.append(y.num_sites)
             y = block(y)
-        y = _collapse_time(self.trans2_pool(y))
+        pooled_stride = None
+        if _one_time_index(y):
+            # Pooling time would change only the tensor stride: skipping it gives the
+            # same output and keeps hr 3's kernel maps (rebuilt at this, the finest
+            # level, they were a tenth of a large training step's memory); the output
+            # gets the stride pooling would have given.
+            pooled_stride = (y.tensor_stride[0] * self.trans2_pool.stride[0], *y.tensor_stride[1:])
+        else:
+            y = _collapse_time(self.trans2_pool(y))
         y = self.trans2(y)
-        y = self.out2(self.out1(y))
-        out.final = self.head(y)
+        y = self.head(self.out2(self.out1(y)))
+        if pooled_stride is not None:
+            y = sp.sparse_tensor(
+                y.coords, y.feats, pooled_stride, backend=y.backend, manager=y.manager, check=False
+            )
+        out.final = y
         return out
 
     def num_parameters(self) -> int:

@@ -36,7 +36,7 @@ def dice_sums(logits: sp.SparseTensor, target: Tensor) -> Tensor:
     theirs and get the Dice of the whole batch (:mod:`ulmtools.train.distributed`).
     """
     stride = logits.tensor_stride[1]
-    rows, best, _ = project_time(logits.coords, logits.feats[:, 0])
+    rows, best, _ = project_time(logits.coords, logits.feats[:, 0], sort=False)
     p = torch.sigmoid(best)
     if rows.shape[0]:
         y = target[(rows[:, 0], *(rows[:, 1:] // stride).unbind(1))].to(p.dtype)
