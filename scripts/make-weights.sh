@@ -26,7 +26,8 @@
 #   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core; 16 networks
 #   x 2 concentrations x 4 movies = 128 training movies; the paper's width 16, 1792 steps:
 #   validation 0.292 plain, 0.322 mirrored against 0.263 / 0.308 for width 8 at 2560 steps,
-#   FINDINGS-3d.md section 14):
+#   FINDINGS-3d.md section 14; peak RSS 3258 MiB, set in the first epoch, section 15;
+#   EPOCHS_3D=20: 0.285 plain, 0.342 advised against the shipped 0.333, section 16):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=14 CHANNELS_3D=16 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
