@@ -298,7 +298,7 @@ def _baseline_text(r: dict[str, Any], input_mask: Path | None) -> str:
         f"{r['output']}: {r['architecture']} ({r['parameters']} parameters, 2D+t), "
         f"{_epochs(r['epochs'])}{movies} on {r['device']}{masked}\n"
         f"final loss {r['loss']:.4f}{dice}; {r['seconds']:.1f} s, "
-        f"peak memory {r['peak_memory_mb']:.0f} MB"
+        f"peak memory {r['peak_memory_mb']:.0f} MiB"
     )
 
 
@@ -316,5 +316,5 @@ def _text(r: dict[str, Any]) -> str:
     return (
         f"{r['output']}: {r['architecture']} ({r['parameters']} parameters, "
         f"{r['dimension'] - 1}D+t), {_epochs(r['epochs'])} of {r['schedule']} on {r['device']}\n"
-        f"final loss {loss}{val}; {r['seconds']:.1f} s, peak memory {r['peak_memory_mb']:.0f} MB"
+        f"final loss {loss}{val}; {r['seconds']:.1f} s, peak memory {r['peak_memory_mb']:.0f} MiB"
     )

@@ -55,7 +55,8 @@ def new_state(config: TrainConfig, dimension: int, device: torch.device | str) -
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on a GPU, else the process's peak resident set size."""
+    """CUDA max allocated on a GPU, else the process's peak resident set size, in MiB
+    (2**20 bytes; the history's key ``peak_memory_mb`` keeps its first name)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

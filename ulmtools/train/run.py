@@ -410,7 +410,7 @@ def _train_sparse(
         val_text = f", val Dice {record['val_dice']:.4f}" if record["val_dice"] is not None else ""
         loss = record["loss"]
         log.info(
-            "epoch %d/%d: loss %s%s, %.1f s, peak %.0f MB, ETA %s",
+            "epoch %d/%d: loss %s%s, %.1f s, peak %.0f MiB, ETA %s",
             st.epoch,
             total,
             f"{loss:.4f}" if loss is not None else "n/a",
@@ -614,7 +614,7 @@ def _train_baseline(
     def on_epoch(record: dict[str, Any]) -> None:
         val_text = f", val Dice {record['val_dice']:.4f}" if record["val_dice"] is not None else ""
         log.info(
-            "epoch %d/%d: loss %.4f%s, %.1f s, peak %.0f MB",
+            "epoch %d/%d: loss %.4f%s, %.1f s, peak %.0f MiB",
             record["epoch"],
             config.epochs,
             record["loss"],
