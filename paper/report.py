@@ -363,7 +363,7 @@ def render(res: dict[str, Any], out: Path) -> str:
         "outputs of `paper/Makefile` (every number below is measured by a `ulm` command of this "
         "run; the paper's numbers, from its tables and text, are beside them). Paper times are "
         "GPU milliseconds (V100), ours CPU seconds; the paper's memory is GPU memory in GB, ours "
-        "the training process's peak resident memory (`ulm train`'s peak_memory_mb) in MB. "
+        "the training process's peak resident memory (`ulm train`'s peak_memory_mb) in MiB. "
         "Dice in percent, angiogram Dice (each movie's map > 0.5, summed, binarized) unless said.\n"
     )
     w(
@@ -442,7 +442,7 @@ def render(res: dict[str, Any], out: Path) -> str:
                 [
                     "method",
                     "s per movie",
-                    "train peak MB",
+                    "train peak MiB",
                     "parameters",
                     "Dice %",
                     "map / truth area",
@@ -514,7 +514,7 @@ def render(res: dict[str, Any], out: Path) -> str:
                 [
                     "variant",
                     "Dice %",
-                    "train peak MB",
+                    "train peak MiB",
                     "train s",
                     "s per movie",
                     "paper 2D Dice %",
@@ -868,7 +868,7 @@ def findings(res: dict[str, Any]) -> list[list[str]]:
             [
                 "sparse training needs about half the dense memory (2D)",
                 "6.8 / 12.6 GB = 0.54",
-                f"{mem['t2-base']:.0f} / {mem['dense']:.0f} MB = {r:.2f}",
+                f"{mem['t2-base']:.0f} / {mem['dense']:.0f} MiB = {r:.2f}",
                 yes(r < 1),
             ]
         )
@@ -954,7 +954,7 @@ def findings(res: dict[str, Any]) -> list[list[str]]:
                 [
                     "pruning lowers training memory (2D)",
                     "6.8 -> 5.7 GB",
-                    f"{mb['base']:.0f} -> {mb['prune']:.0f} MB",
+                    f"{mb['base']:.0f} -> {mb['prune']:.0f} MiB",
                     yes(mb["prune"] < mb["base"]),
                 ]
             )
