@@ -37,6 +37,9 @@
 #                                FINDINGS-3d.md section 10)
 #                                (width 8, EPOCHS_3D=28, 1.4x the steps: validation +0.003 advised, held-out
 #                                within 0.013; section 11)
+#                                (width 16, 32 networks with EPOCHS_3D=7, the same steps on twice the
+#                                data: validation 0.333 advised as shipped, held-out within 0.007,
+#                                peak 3718 MiB; section 17)
 #   VAL_MOVIES_3D=4              validation movies (30 MB/FOV) for the per-epoch Dice and the
 #                                inference advice; two runs of one recipe differed by 0.007
 #                                on 2, so close recipes are compared on 4 (plain inference of
