@@ -208,8 +208,8 @@ def estimate_3d(dense: dict, frames: int) -> dict:
 
 def table(results: dict[str, dict], frames: int) -> str:
     head = (
-        f"| 2D, 5 MB/FOV, {frames} frames, CPU 1 thread | parameters | peak train RSS (MB) | "
-        "step activations (MB) | train step (s) | inference (s/movie) | input pixels | "
+        f"| 2D, 5 MB/FOV, {frames} frames, CPU 1 thread | parameters | peak train RSS (MiB) | "
+        "step activations (MiB) | train step (s) | inference (s/movie) | input pixels | "
         "paper: train GB, ms |"
     )
     lines = [head, "|" + "---|" * 8]
@@ -240,10 +240,10 @@ def table(results: dict[str, dict], frames: int) -> str:
     if "error" not in d:
         e = estimate_3d(d, frames)
         out += (
-            f"\ndense Deep-stULM, estimated from the measured {d['activation_mb']:.0f} MB of "
+            f"\ndense Deep-stULM, estimated from the measured {d['activation_mb']:.0f} MiB of "
             f"2D activations at {frames} frames (intermediate map sizes, batch 1):\n"
-            f"  2D+t at 512 frames: {e['dense_2d_512_gb']:.1f} GB\n"
-            f"  3D+t at 512 frames (32^3): {e['dense_3d_512_gb']:.0f} GB "
+            f"  2D+t at 512 frames: {e['dense_2d_512_gb']:.1f} GiB\n"
+            f"  3D+t at 512 frames (32^3): {e['dense_3d_512_gb']:.0f} GiB "
             f"(maps {e['map_ratio_3d_over_2d']:.0f}x those of 2D+t)\n"
             f"  the paper's 12.6 GB scaled by the same {e['map_ratio_3d_over_2d']:.0f}x: "
             f"{e['paper_2d_scaled_gb']:.0f} GB; the paper's estimate: ~{PAPER_DENSE_3D_GB} GB "
