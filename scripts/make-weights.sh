@@ -227,7 +227,7 @@ train_model() { # model-store train-store [ulm train options...]
     local model=$1 first=$2
     shift 2
     local resume=()
-    [ -d "$model.resume.zarr" ] && resume=(--resume)
+    [ -d "${model%.zarr}.resume.zarr" ] && resume=(--resume)
     if [ -n "${resume[*]}" ] || [ ! -d "$model" ]; then
         ulm train "$first" "$model" "$@" --seed 0 --device "$DEVICE" --force "${resume[@]}"
     fi

@@ -1,0 +1,88 @@
+"""``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes.
+
+The recipe runs for hours outside CI, so it must pick up an interrupted ``ulm train``
+where its checkpoint left it rather than ship the half-trained model. Here the 3D
+recipe runs on one tiny movie (a few seconds of training), is interrupted in its
+second epoch, and is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import interrupt_in_epoch
+from ulmtools.models import store as model_store
+from ulmtools.store import open_store
+from ulmtools.train import loop
+from ulmtools.train import run as train_run
+from ulmtools.train.checkpoint import resume_path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make-weights.sh"
+TINY_3D = {
+    "WEIGHTS_2D": "0",
+    "TRAIN_NETS_3D": "1",
+    "CONCENTRATIONS_3D": "30",
+    "MOVIES_3D": "1",
+    "FRAMES_3D": "32",
+    "VAL_MOVIES_3D": "1",
+    "EPOCHS_3D": "3",
+    "CHANNELS_3D": "4",
+    "INFER_ADVICE": "0",
+    "OMP_NUM_THREADS": "1",
+    "KEEP": "1",
+    "CARD3D": "/nonexistent",
+}
+
+
+def make_weights(work: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **TINY_3D, WORK=str(work), OUT=str(out))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script's 'ulm train' (OMP_NUM_THREADS_3D=1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_an_interrupted_training_resumes(cli, tmp_path: Path, monkeypatch) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    whole = make_weights(work, out)
+    assert whole.returncode == 0, whole.stderr
+    model = work / "deepstulm-3d.zarr"
+    command = open_store(model, "model").provenance[-1]["command"]
+    assert command.startswith("ulm train ")
+
+    # the same 'ulm train' from scratch, stopped by Ctrl-C at the start of its second
+    # epoch: the model store after epoch 1 (written every epoch when epochs take over a
+    # minute, as the recipe's do) and its checkpoint are left, as after a kill
+    shutil.rmtree(model)
+    monkeypatch.setattr(train_run, "MODEL_WRITE_SECONDS", 0.0)
+    real = interrupt_in_epoch(2, monkeypatch)
+    assert cli(*shlex.split(command)[1:]).code == 130
+    monkeypatch.setattr(loop, "run_epoch", real)
+    assert model.exists() and resume_path(model).exists()
+    assert len(model_store.load(model)[1].history) == 1
+
+    again = make_weights(work, tmp_path / "out2")
+    assert again.returncode == 0, again.stderr
+    assert "after epoch 1 of 3" in again.stderr  # 'ulm train --resume' ran
+    shipped = tmp_path / "out2" / "deepstulm-3d.zarr"
+    a, _ = model_store.load_state(out / "deepstulm-3d.zarr")
+    b, meta = model_store.load_state(shipped)
+    assert [h["epoch"] for h in meta.history] == [1, 2, 3]
+    assert meta.training["complete"] and not resume_path(model).exists()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed to the uninterrupted model"
