@@ -320,6 +320,8 @@ def test_mspcn_validates_on_the_masked_val_store_without_changing_the_training(
     history = model_store.info(model).history
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(h["val_dice"] is not None for h in history)
+    # the process's peak RSS in MiB on a CPU, as ulm train records for Sparse Deep-stULM
+    assert all(h["memory"] == "peak_rss" and 50 < h["peak_memory_mb"] < 24_000 for h in history)
     # ulm infer repeats the training threshold (auto) on the val store: the same Dice
     r = cli("infer", model, other_image, tmp_path / "p.zarr", "--device", "cpu", "--json")
     assert r.code == 0, r.err

@@ -38,6 +38,7 @@ from ulmtools.models.mspcn import MSPCN, blurred_l1
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, open_store
 from ulmtools.train.data import Concatenated, open_truth
+from ulmtools.train.loop import peak_memory_mb
 
 BASELINES = ("deepstulm", "mspcn")
 #: movies are kept in memory after their first read when all of them fit in this
@@ -336,14 +337,6 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.step()
 
 
-def peak_memory_mb() -> float:
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def train_baseline(
     data: ImageMovies | ImageMovieSet,
     config: BaselineTrainConfig,
@@ -418,7 +411,8 @@ def train_baseline(
             "lr": config.lr,
             "seconds": seconds,
             "steps": steps,
-            "peak_memory_mb": peak_memory_mb(),
+            "peak_memory_mb": peak_memory_mb(device),
+            "memory": "cuda_max_allocated" if device.type == "cuda" else "peak_rss",
         }
         history.append(record)
         if on_epoch is not None:
