@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from ulmtools.errors import InputError, UsageError
 from ulmtools.grid import Grid
@@ -455,8 +456,15 @@ def test_interrupted_command_resumes_to_the_same_model(
     r = cli("train", data2d, part, *args)
     assert r.code == 4 and "--resume" in r.err  # a resumable run is not silently replaced
     assert cli("train", data2d, part, "--resume", "--lr", "1").code == 2  # contradicts
-    r = cli("train", data2d, part, "--resume", "-q")
+    # the peak memory it reports is the run's, also when an epoch before the interruption
+    # (another process) set it
+    group = zarr.open_group(resume_path(part), mode="r+")
+    history = group.attrs["history"]
+    history[0]["peak_memory_mb"] = 99_999.0
+    group.attrs["history"] = history
+    r = cli("train", data2d, part, "--resume", "--json")
     assert r.code == 0, r.err
+    assert json.loads(r.out)["peak_memory_mb"] == 99_999.0
     a, _ = model_store.load_state(whole)
     b, meta = model_store.load_state(part)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -438,6 +438,10 @@ def _train_sparse(
     peak = peak_memory_mb(torch_device)
     if world is not None:
         peak = world.max(peak)
+    # a resumed run's peak may have been set before the interruption, in another process
+    kind = "cuda_max_allocated" if torch_device.type == "cuda" else "peak_rss"
+    earlier = [h["peak_memory_mb"] for h in state.history if h.get("memory") == kind]
+    peak = max([peak, *earlier])
     if not main:
         return None
     result: dict[str, Any] = {
