@@ -13,8 +13,8 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~100 min for
-# 3D on one (data 7 min, training 88), on this shared 2-core machine):
+# stage 1 70, stage 2 30) and ~2 h 45 min for
+# 3D on one (data ~10 min, training 150), on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
@@ -23,11 +23,12 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~100 min on one core; 16 networks
-#   x 2 concentrations x 4 movies = 128 training movies; the paper's width 16, 1792 steps:
-#   validation 0.292 plain, 0.322 mirrored against 0.263 / 0.308 for width 8 at 2560 steps,
-#   FINDINGS-3d.md section 14; peak RSS 3258 MiB, set in the first epoch, section 15;
-#   EPOCHS_3D=20: 0.285 plain, 0.342 advised against the shipped 0.333, section 16):
+#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 45 min on one core; 32 networks
+#   x 2 concentrations x 4 movies = 256 training movies; the paper's width 16, 3584 steps:
+#   validation 0.325 plain, 0.365 advised against 0.292 / 0.333 for the same recipe on 16
+#   networks (128 movies, 1792 steps), FINDINGS-3d.md section 18; peak RSS 3857 MiB, set in
+#   the first epoch (3258 MiB on 16 networks, section 15); 16 networks with
+#   EPOCHS_3D=20: 0.285 plain, 0.342 advised, section 16):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=14 CHANNELS_3D=16 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
@@ -37,9 +38,8 @@
 #                                FINDINGS-3d.md section 10)
 #                                (width 8, EPOCHS_3D=28, 1.4x the steps: validation +0.003 advised, held-out
 #                                within 0.013; section 11)
-#                                (width 16, 32 networks with EPOCHS_3D=7, the same steps on twice the
-#                                data: validation 0.333 advised as shipped, held-out within 0.007,
-#                                peak 3718 MiB; section 17)
+#                                (width 16, EPOCHS_3D=7, half the steps on the same 256 movies:
+#                                validation 0.333 advised, section 17)
 #   VAL_MOVIES_3D=4              validation movies (30 MB/FOV) for the per-epoch Dice and the
 #                                inference advice; two runs of one recipe differed by 0.007
 #                                on 2, so close recipes are compared on 4 (plain inference of
@@ -87,7 +87,7 @@ fi
 WEIGHTS_2D=${WEIGHTS_2D:-1}
 WEIGHTS_3D=${WEIGHTS_3D:-1}
 SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
-TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
+TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58 61 62 63 64 65 66 67 68 71 72 73 74 75 76 77 78}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
 VAL_MOVIES_3D=${VAL_MOVIES_3D:-4}
