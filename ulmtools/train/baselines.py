@@ -38,7 +38,7 @@ from ulmtools.models.mspcn import MSPCN, blurred_l1
 from ulmtools.progress import ProgressCallback, no_progress
 from ulmtools.store import Store, check_finite, open_store
 from ulmtools.train.data import Concatenated, open_truth
-from ulmtools.train.loop import peak_memory_mb
+from ulmtools.train.loop import memory_kind, peak_memory_mb
 
 BASELINES = ("deepstulm", "mspcn")
 #: movies are kept in memory after their first read when all of them fit in this
@@ -412,7 +412,7 @@ def train_baseline(
             "seconds": seconds,
             "steps": steps,
             "peak_memory_mb": peak_memory_mb(device),
-            "memory": "cuda_max_allocated" if device.type == "cuda" else "peak_rss",
+            "memory": memory_kind(device),
         }
         history.append(record)
         if on_epoch is not None:

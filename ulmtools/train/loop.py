@@ -63,6 +63,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def memory_kind(device: torch.device) -> str:
+    """What :func:`peak_memory_mb` measures on ``device`` (the history's ``memory`` key)."""
+    return "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
+
+
 def level_strides(levels: int) -> list[int]:
     """Spatial strides of the intermediate classifiers, coarse to fine: 8, 4, 2."""
     return [FACTOR >> i for i in range(levels)]
@@ -224,7 +229,7 @@ def run_epoch(
     record["peak_memory_mb"] = peak_memory_mb(device)
     if world is not None:  # the largest process's
         record["peak_memory_mb"] = world.max(record["peak_memory_mb"])
-    record["memory"] = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
+    record["memory"] = memory_kind(device)
     state.epoch += 1
     state.history.append(record)
     return record

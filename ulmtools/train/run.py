@@ -331,7 +331,7 @@ def _train_sparse(
         config = replace(config, seed=world.first(config.seed))  # one drawn seed for all
 
     from ulmtools.train.checkpoint import save_checkpoint
-    from ulmtools.train.loop import fit, new_state, peak_memory_mb
+    from ulmtools.train.loop import fit, memory_kind, new_state, peak_memory_mb
 
     if state is None:
         state = new_state(config, data.dimension, torch_device)
@@ -439,7 +439,7 @@ def _train_sparse(
     if world is not None:
         peak = world.max(peak)
     # a resumed run's peak may have been set before the interruption, in another process
-    kind = "cuda_max_allocated" if torch_device.type == "cuda" else "peak_rss"
+    kind = memory_kind(torch_device)
     earlier = [h["peak_memory_mb"] for h in state.history if h.get("memory") == kind]
     peak = max([peak, *earlier])
     if not main:
