@@ -57,6 +57,10 @@
 #                                --delays), kept if they gain >= 0.01 again (the shipped model,
 #                                4 validation movies: 0.308 -> 0.322; FINDINGS-3d.md section 12);
 #                                empty: not tried
+#   NPROC_3D=1                   N > 1: the 3D training in N processes (torchrun, gloo on the
+#                                CPU, one GPU each with DEVICE=cuda), each taking BATCH_3D / N
+#                                movies of every step; the run equals one process's at that
+#                                batch size (README, "Training on several processes")
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
@@ -94,6 +98,7 @@ VAL_MOVIES_3D=${VAL_MOVIES_3D:-4}
 MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
+NPROC_3D=${NPROC_3D:-1}
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
@@ -222,14 +227,16 @@ sparse2d() { # name out-name sigma noise-seed
     mv "$WORK/$out.part.zarr" "$WORK/$out.zarr"
 }
 
-# Train (or resume) MODEL: ulm train with the stores and options given.
+# Train (or resume) MODEL: ulm train with the stores and options given; in NPROC
+# processes (torchrun, DistributedDataParallel; the run equals one process's) when > 1.
 train_model() { # model-store train-store [ulm train options...]
     local model=$1 first=$2
     shift 2
-    local resume=()
+    local resume=() train=(ulm train)
     [ -d "${model%.zarr}.resume.zarr" ] && resume=(--resume)
+    [ "${NPROC:-1}" -gt 1 ] && train=(torchrun --standalone --nproc-per-node "$NPROC" --no-python ulm train)
     if [ -n "${resume[*]}" ] || [ ! -d "$model" ]; then
-        ulm train "$first" "$model" "$@" --seed 0 --device "$DEVICE" --force "${resume[@]}"
+        "${train[@]}" "$first" "$model" "$@" --seed 0 --device "$DEVICE" --force "${resume[@]}"
     fi
 }
 
@@ -324,7 +331,7 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
     mirror3d=()
     [ -n "$MIRROR_3D" ] && mirror3d=(--mirror "$MIRROR_3D")
-    OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
+    NPROC=$NPROC_3D OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
         "${also3d[@]}" --val "$WORK/$val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"

@@ -1,4 +1,5 @@
-"""``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes.
+"""``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes, and
+NPROC_3D trains in several processes.
 
 The recipe runs for hours outside CI, so it must pick up an interrupted ``ulm train``
 where its checkpoint left it rather than ship the half-trained model. Here the 3D
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from tests.test_train import interrupt_in_epoch
+from tests.test_train_distributed import WEIGHT_ATOL
 from ulmtools.models import store as model_store
 from ulmtools.store import open_store
 from ulmtools.train import loop
@@ -42,8 +44,8 @@ TINY_3D = {
 }
 
 
-def make_weights(work: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, **TINY_3D, WORK=str(work), OUT=str(out))
+def make_weights(work: Path, out: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **TINY_3D, "WORK": str(work), "OUT": str(out), **extra}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return subprocess.run(
         ["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600
@@ -86,3 +88,22 @@ def test_an_interrupted_training_resumes(cli, tmp_path: Path, monkeypatch) -> No
     assert [h["epoch"] for h in meta.history] == [1, 2, 3]
     assert meta.training["complete"] and not resume_path(model).exists()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed to the uninterrupted model"
+
+
+def test_nproc_trains_in_several_processes(tmp_path: Path) -> None:
+    """NPROC_3D=2 runs the recipe's 'ulm train' under torchrun: the model says it was
+    trained by two processes, and equals the one-process run of the same batch size
+    (to the float32 rounding of tests/test_train_distributed.py)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    batch = {"BATCH_3D": "2", "MOVIES_3D": "2", "EPOCHS_3D": "2"}
+    done = make_weights(one / "work", one / "out", **batch)
+    assert done.returncode == 0, done.stderr
+    done = make_weights(two / "work", two / "out", **batch, NPROC_3D="2")
+    assert done.returncode == 0, done.stderr
+    a, meta_one = model_store.load_state(one / "out" / "deepstulm-3d.zarr")
+    b, meta_two = model_store.load_state(two / "out" / "deepstulm-3d.zarr")
+    assert meta_two.training["processes"] == 2 and "processes" not in meta_one.training
+    assert [h["epoch"] for h in meta_two.history] == [1, 2]
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst < WEIGHT_ATOL, worst
