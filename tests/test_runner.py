@@ -84,7 +84,11 @@ def cluster():
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         c = dd.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
     yield c.scheduler_address
     c.close()
@@ -288,3 +292,24 @@ def test_without_dask_a_one_line_error_says_how_to_install(
     assert r.code == EXIT_BACKEND
     assert "pip install 'ulm-toolchain[cluster]'" in r.err
     assert len(r.err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_local_cluster_leaves_port_8787_alone(recwarn) -> None:
+    """The executor's LocalCluster does not take dask's fixed HTTP port: with 8787 held
+    (a user's own dashboard), it starts without "Port 8787 is already in use"."""
+    import socket
+
+    held = socket.socket()
+    try:
+        held.bind(("", 8787))
+        held.listen()
+    except OSError:
+        pass  # held by another process already: the same situation
+    try:
+        executor = DaskExecutor(workers=1, processes=False)
+        with executor.session():
+            port = executor._client.cluster.scheduler.http_server.port
+    finally:
+        held.close()
+    assert port != 8787
+    assert not [w for w in recwarn if "already in use" in str(w.message)]

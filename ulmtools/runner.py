@@ -446,11 +446,15 @@ class DaskExecutor(Executor):
                     kwargs["address"] = self.address
                 self._client = distributed.Client(**kwargs)
             else:
+                # no dashboard; the scheduler's HTTP server (health, metrics) on a free
+                # local port rather than dask's fixed 8787, which a user's own dashboard
+                # or another run may hold ("Port 8787 is already in use")
                 cluster = distributed.LocalCluster(
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=self.processes,
                     dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 )
                 self._client = distributed.Client(cluster)
         except (OSError, TimeoutError) as exc:
