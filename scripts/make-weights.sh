@@ -60,7 +60,9 @@
 #   NPROC_3D=1                   N > 1: the 3D training in N processes (torchrun, gloo on the
 #                                CPU, one GPU each with DEVICE=cuda), each taking BATCH_3D / N
 #                                movies of every step; the run equals one process's at that
-#                                batch size (README, "Training on several processes")
+#                                batch size (README, "Training on several processes"). Here
+#                                NPROC_3D=2 BATCH_3D=2: 1.31x faster, the same model within 0.01,
+#                                but 4.8 GB per process (FINDINGS-3d.md section 19), so off
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
