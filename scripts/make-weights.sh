@@ -101,6 +101,9 @@ MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
+case "$NPROC_3D" in
+    '' | *[!0-9]* | 0) echo "make-weights: NPROC_3D=$NPROC_3D is not a number of processes; give N >= 1" >&2; exit 2 ;;
+esac
 if [ "$SCHEDULE_3D" = paper-3d ]; then
     # the paper's network (width 16, 5^4 input convolution) and more data: a GPU job
     EPOCHS_3D=${EPOCHS_3D:-20}
@@ -236,7 +239,8 @@ train_model() { # model-store train-store [ulm train options...]
     shift 2
     local resume=() train=(ulm train)
     [ -d "${model%.zarr}.resume.zarr" ] && resume=(--resume)
-    [ "${NPROC:-1}" -gt 1 ] && train=(torchrun --standalone --nproc-per-node "$NPROC" --no-python ulm train)
+    [ "${NPROC:-1}" -gt 1 ] &&
+        train=(torchrun --standalone --nproc-per-node "$NPROC" --no-python ulm train)
     if [ -n "${resume[*]}" ] || [ ! -d "$model" ]; then
         "${train[@]}" "$first" "$model" "$@" --seed 0 --device "$DEVICE" --force "${resume[@]}"
     fi

@@ -107,3 +107,7 @@ def test_nproc_trains_in_several_processes(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     assert worst < WEIGHT_ATOL, worst
+
+    bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", NPROC_3D="two")
+    assert bad.returncode == 2 and "NPROC_3D=two" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
