@@ -253,6 +253,7 @@ def sparsify(
     mask_model: PathLike | None = None,
     corr_noise: float = 0.0,
     seed: int | None = None,
+    features: str = "corr",
     device: str = "auto",
     workers: int = 1,
     dask: bool = False,
@@ -262,6 +263,10 @@ def sparsify(
 ) -> Summary:
     """``ulm sparsify``: the active sites of every correlation movie, as a sparse store.
 
+    ``features``: what each site carries, ``corr`` (real and imaginary correlation) or
+    ``corr,iq`` (also the beamformed IQ there, normalised per movie; the sites are
+    chosen on corr either way).
+
     ``corr_noise``: standard deviation of complex Gaussian noise added to the real and
     the imaginary part of corr before the sites are chosen (seeded by ``seed``, drawn at
     random and recorded when None). ``workers``: movies sparsified at once in worker
@@ -270,7 +275,13 @@ def sparsify(
     """
     from ulmtools.errors import UsageError
     from ulmtools.runner import run_stage
-    from ulmtools.sparsify.core import METHODS, SparsifyConfig, SparsifyStage, check_image_store
+    from ulmtools.sparsify.core import (
+        FEATURES,
+        METHODS,
+        SparsifyConfig,
+        SparsifyStage,
+        check_image_store,
+    )
     from ulmtools.store import check_output, open_store
 
     method = str(method).lower()
@@ -283,14 +294,14 @@ def sparsify(
         seed = secrets.randbits(31)
     config = SparsifyConfig(
         method=method, threshold=threshold, k=k, corr_noise=float(corr_noise),
-        seed=seed if corr_noise else None,
+        seed=seed if corr_noise else None, features=str(features).replace(" ", ""),
     )  # fmt: skip
     if method == "mask" and mask_model is None:
         raise UsageError("--method mask needs a mask model (--mask-model MODEL.zarr)", MASK_HINT)
     if method != "mask" and mask_model is not None:
         raise UsageError(f"--mask-model applies only to --method mask, not {method}")
     src = open_store(input, "image")
-    grid, shape = check_image_store(src)
+    grid, shape = check_image_store(src, config.features)
     config = config.resolved(grid.ndim)
     inputs = [input] + ([mask_model] if mask_model is not None else [])
     check_output(output, force=force, inputs=inputs)
@@ -325,6 +336,7 @@ def sparsify(
         "rows_per_chunk": config.rows_per_chunk,
         "corr_noise": config.corr_noise,
         "seed": config.seed,
+        "features": config.features,
         "power": "real**2 + imag**2 of corr, strictly greater than the threshold",
         "truth_rule": "nearest input pixel (rint of grid.to_index) of each truth position "
         "in its frame",
@@ -333,7 +345,7 @@ def sparsify(
         "shape": list(shape[1:]),
         "movies": shape[0],
         "columns": ["t", *grid.axes],
-        "features": ["real", "imag"],
+        "features": list(FEATURES[config.features]),
         "source": src.describe(),
     }
     stage.truth = src if src.has_truth else None
@@ -362,6 +374,8 @@ def _sparsify_text(r: dict[str, Any]) -> str:
         rule = f"mask model, probability cutoff {r['threshold']:g}"
     else:
         rule = f"threshold {r['threshold']:g} on abs(corr)^2"
+    if r.get("features", "corr") != "corr":
+        rule += f", features {r['features']}"
     if r.get("corr_noise"):
         rule += (
             f", after complex noise sigma {r['corr_noise']:g} on corr (seed {r['corr_noise_seed']})"
@@ -492,6 +506,11 @@ def _infer_sparse(
     sp.get_backend(str(backend))
     torch_device = resolve_device(device)
     net, meta = load_model(model, device=torch_device)
+    features = ((meta.training or {}).get("config") or {}).get("features")
+    data.use_channels(
+        tuple(features) if features else data.channels[: int(meta.kwargs.get("in_channels", 2))],
+        what=f"the model {model}",
+    )
     # what the model's maker recommends (chosen on validation data): threshold, mirroring
     advice = meta.attrs.get("inference") or {}
     if str(mirror).lower() == "auto":

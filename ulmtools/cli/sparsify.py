@@ -77,6 +77,16 @@ def sparsify(
         ),
     ] = 0.0,
     seed: Seed = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help="What each site carries: corr (real and imaginary correlation, the paper's "
+            "input) or corr,iq (also the beamformed IQ at the same sites, divided by its "
+            "root mean square over the movie's sites: the PSF's profile, for sub-pixel "
+            "placement). The sites are chosen on corr either way.",
+        ),
+    ] = "corr",
     device: Device = "auto",
     workers: Annotated[
         int,
@@ -98,7 +108,8 @@ def sparsify(
 
     Reads the image store's corr array (movie, t, *space) one movie at a time and
     writes a sparse store: coords (t, z, x[, y]) int32 in input-grid pixels,
-    feats (real, imaginary) float32, per-movie offsets, the input grid and truth.
+    feats (real, imaginary correlation; with --features corr,iq also the IQ) float32,
+    per-movie offsets, the input grid and truth.
     Prints the active sites per movie and, with truth, the fraction of true bubble
     pixels kept.
     """
@@ -115,6 +126,7 @@ def sparsify(
             mask_model=mask_model,
             corr_noise=corr_noise,
             seed=seed,
+            features=features,
             device=device,
             workers=workers,
             dask=dask,

@@ -6,15 +6,17 @@ A ``sparse`` store holds the active sites of every movie, one movie after anothe
     columns ``t, z, x`` (2D) or ``t, z, x, y`` (3D): frame index and pixel
     indices on the input image grid (root ``grid`` attribute), rows sorted
     by (t, z, x[, y]) within a movie;
-``feats``    float32 (n, 2)
-    real and imaginary part of the correlation at each site;
+``feats``    float32 (n, 2) or (n, 4)
+    real and imaginary part of the correlation at each site, then, when sparsified
+    with ``--features corr,iq``, of the normalised IQ (the array's ``channels``
+    attribute names them: ``real, imag[, iq_real, iq_imag]``);
 ``offsets``  int64 (movies + 1,)
     movie ``m`` owns rows ``offsets[m]:offsets[m + 1]``, so one movie is read
     without the rest (an empty movie has equal offsets).
 
 Root attributes: ``grid`` (the input grid, frame rate included), ``shape``
 (the dense ``(t, *space)`` shape of one movie), ``features``
-(``["real", "imag"]``), ``coordinates`` (the column names) and ``stats``.
+(the channel names, as on ``feats``), ``coordinates`` (the column names) and ``stats``.
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ FEATURES = ("real", "imag")
 
 
 class SparseWriter(SiteWriter):
-    """Writes a sparse store's sites: columns (t, *space), features (real, imag)."""
+    """Writes a sparse store's sites: columns (t, *space), features (real, imag[, iq...])."""
 
     def __init__(
         self,
         group: zarr.Group,
         space_axes: Sequence[str],
         *,
+        features: Sequence[str] = FEATURES,
         rows_per_chunk: int = ROWS_PER_CHUNK,
     ) -> None:
         super().__init__(
             group,
             ("t", *space_axes),
-            FEATURES,
+            features,
             unit="pixel index (t: frame index)",
             rows_per_chunk=rows_per_chunk,
         )
@@ -80,7 +83,7 @@ def movie_shape(store: Store) -> tuple[int, ...]:
 
 
 def read_movie(store: Store | str | os.PathLike[str], m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Movie ``m``'s ``(coords (n, 1+S) int32, feats (n, 2) float32)``, nothing else read."""
+    """Movie ``m``'s ``(coords (n, 1+S) int32, feats (n, C) float32)``, nothing else read."""
     store = store if isinstance(store, Store) else open_sparse(store)
     count = n_movies(store)
     if not 0 <= m < count:
@@ -88,7 +91,8 @@ def read_movie(store: Store | str | os.PathLike[str], m: int) -> tuple[np.ndarra
     a, b = (int(v) for v in store.array("offsets")[m : m + 2])
     if a == b:
         ncol = int(store.array("coords").shape[1])
-        return np.zeros((0, ncol), np.int32), np.zeros((0, len(FEATURES)), np.float32)
+        nfeat = int(store.array("feats").shape[1])
+        return np.zeros((0, ncol), np.int32), np.zeros((0, nfeat), np.float32)
     return (
         np.asarray(store.array("coords")[a:b], dtype=np.int32),
         np.asarray(store.array("feats")[a:b], dtype=np.float32),

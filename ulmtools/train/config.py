@@ -202,6 +202,9 @@ class TrainConfig:
     backend: str = "builtin"
     seed: int = 0
     dice_smooth: float = 1e-3
+    #: the training store's feature channels (``ulm sparsify --features``): the network
+    #: takes one input channel per name
+    features: tuple[str, ...] = ("real", "imag")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -214,6 +217,12 @@ class TrainConfig:
         if any(not (math.isfinite(v) and v > 0) for _, v in self.schedule.lr):
             raise UsageError("--lr must be a positive finite number")
         check_channels(self.channels)
+        if self.channels % len(self.features):
+            raise UsageError(
+                f"--channels {self.channels} is not a multiple of the {len(self.features)} "
+                f"input features ({', '.join(self.features)})",
+                f"use a multiple of {2 * len(self.features)}",
+            )
         check_time_pool(self.time_pool)
         if self.input_kernel not in (1, 3, 5, 7):
             raise UsageError(
@@ -260,6 +269,7 @@ class TrainConfig:
     def model_kwargs(self, dimension: int) -> dict[str, Any]:
         return {
             "dimension": dimension,
+            "in_channels": len(self.features),
             "channels": self.channels,
             "input_kernel": self.input_kernel,
             "time_pool": list(self.time_pool),
@@ -280,6 +290,8 @@ class TrainConfig:
             rest["mirror"] = tuple(rest["mirror"])
         if "time_pool" in rest:
             rest["time_pool"] = tuple(int(p) for p in rest["time_pool"])
+        if "features" in rest:
+            rest["features"] = tuple(str(n) for n in rest["features"])
         return cls(schedule=Schedule(**s), **rest)
 
 

@@ -20,6 +20,29 @@ from ulmtools.truth import Truth
 CACHE_BYTES = 1 << 29
 
 
+#: the first two channels of every sparse store: the real and imaginary correlation
+CORR = ("real", "imag")
+
+
+def store_channels(store: Store) -> tuple[str, ...]:
+    """The feature channel names of a sparse store (stores before they were named: 2)."""
+    names = store.array("feats").attrs.get("channels") or store.attrs.get("features")
+    if names:
+        return tuple(str(n) for n in names)
+    width = store.array("feats").shape[1] if store.array("feats").ndim == 2 else 0
+    return CORR if width == 2 else tuple(f"channel_{i}" for i in range(width))
+
+
+def features_name(channels: Sequence[str]) -> str:
+    """``ulm sparsify --features`` value that writes ``channels`` (their names otherwise)."""
+    from ulmtools.sparsify.core import FEATURES
+
+    for name, chans in FEATURES.items():
+        if tuple(chans) == tuple(channels):
+            return name
+    return ",".join(channels)
+
+
 def ball(radius: int, ndim: int) -> np.ndarray:
     """A binary ball (Euclidean distance <= radius) structuring element."""
     r = int(radius)
@@ -92,11 +115,18 @@ class SparseMovies:
                 f"expected {1 + self.space_ndim} (t, z, x[, y])"
             )
         feats = self.store.array("feats")
-        if feats.ndim != 2 or feats.shape[1] != 2:
+        #: the feature channels of every site (``ulm sparsify --features``): the real and
+        #: imaginary correlation, then optionally the normalised IQ
+        self.channels: tuple[str, ...] = store_channels(self.store)
+        if feats.ndim != 2 or feats.shape[1] != len(self.channels) or self.channels[:2] != CORR:
             raise InputError(
-                f"{self.store.path}: feats have shape {feats.shape}; the networks take "
-                "2 channels (real, imaginary correlation)"
+                f"{self.store.path}: feats have shape {feats.shape} and channels "
+                f"{', '.join(self.channels)}; the networks take the real and imaginary "
+                "correlation first (ulm sparsify writes them)",
+                "sparsify the image store again with ulm sparsify",
             )
+        #: channels given to the network (a prefix of ``channels``; see use_channels)
+        self.in_channels = len(self.channels)
         if np.dtype(coords.dtype).kind not in "iu":
             raise InputError(
                 f"{self.store.path}/coords has dtype {coords.dtype}; coordinates are integer "
@@ -146,7 +176,7 @@ class SparseMovies:
             blocks = [(0, self._all[1])]
         else:
             feats = self.store.array("feats")
-            step = max(1, CACHE_BYTES // (4 * 2))
+            step = max(1, CACHE_BYTES // (4 * len(self.channels)))
             blocks = (
                 (a, np.asarray(feats[a : a + step])) for a in range(0, int(self.offsets[-1]), step)
             )
@@ -181,17 +211,34 @@ class SparseMovies:
         t = st.get("threshold")
         return st.get("method"), (float(t) if t is not None else None)
 
+    def use_channels(self, channels: Sequence[str], *, what: str) -> None:
+        """Give the network only ``channels``, which must begin this store's channels.
+
+        A store sparsified with ``--features corr,iq`` serves a model trained on the
+        correlation alone (its first two channels); the reverse is refused.
+        """
+        channels = tuple(channels)
+        if self.channels[: len(channels)] != channels:
+            raise InputError(
+                f"{self.store.path} has the site features {features_name(self.channels)} but "
+                f"{what} takes {features_name(channels)}",
+                f"sparsify the image store with ulm sparsify --features {features_name(channels)}",
+            )
+        self.in_channels = len(channels)
+
     def movie(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Movie ``m``'s pixel coordinates (n, 1 + S) = (t, *space) and features (n, 2)."""
+        """Movie ``m``'s pixel coordinates (n, 1 + S) = (t, *space) and features (n, C)."""
         a, b = int(self.offsets[m]), int(self.offsets[m + 1])
         if self._all is not None:
             coords, feats = self._all[0][a:b], self._all[1][a:b]
         elif a == b:
             coords = np.zeros((0, 1 + self.space_ndim), np.int32)
-            feats = np.zeros((0, 2), np.float32)
+            feats = np.zeros((0, len(self.channels)), np.float32)
         else:
             coords = np.asarray(self.store.array("coords")[a:b], dtype=np.int32)
             feats = np.asarray(self.store.array("feats")[a:b], dtype=np.float32)
+        if self.in_channels < feats.shape[1]:
+            feats = np.ascontiguousarray(feats[:, : self.in_channels])
         if self.min_power is not None and len(feats):
             keep = (feats[:, 0] ** 2 + feats[:, 1] ** 2) > self.min_power
             coords, feats = coords[keep], feats[keep]
@@ -279,8 +326,16 @@ class MovieSet(Concatenated):
                     f"match {first.store.path} ({first.shape} on {first.grid.shape})",
                     "train on stores of the same dimension and grid",
                 )
+            if p.channels != first.channels:
+                raise InputError(
+                    f"{p.store.path} has the site features {features_name(p.channels)} but "
+                    f"{first.store.path} has {features_name(first.channels)}",
+                    "sparsify every training store with the same ulm sparsify --features",
+                )
         self.store = first.store
         self.stores = [p.store for p in self.parts]
+        self.channels = first.channels
+        self.in_channels = first.in_channels
         self.grid = first.grid
         self.fine_grid = first.fine_grid
         self.space_ndim = first.space_ndim

@@ -257,6 +257,8 @@ def _train_sparse(
                 f"the validation store is {val_data.space_ndim}D+t but the training store "
                 f"is {data.space_ndim}D+t"
             )
+        if val_data is not None:
+            val_data.use_channels(data.channels, what="the training store")
         mirror_axes(mirror, data.grid)  # refuse a mirror the data do not allow
         sp.get_backend(backend)  # refuse an unavailable backend before any work
         torch_device = world.device if world is not None else resolve_device(device)
@@ -265,6 +267,14 @@ def _train_sparse(
         if init_model is not None:
             inputs.append(init_model.path)
             kw = init_model.kwargs
+            if int(kw.get("in_channels", 2)) != data.in_channels:
+                raise UsageError(
+                    f"--init {init} takes {kw.get('in_channels', 2)} input features per site "
+                    f"but {data.store.path} has {data.in_channels} "
+                    f"({', '.join(data.channels)})",
+                    "train on stores sparsified as the model's were (ulm sparsify --features), "
+                    "or from scratch without --init",
+                )
             channels, input_kernel, deep_supervision, pruning = _init_architecture(
                 kw, channels, input_kernel, deep_supervision, pruning, cascade
             )
@@ -326,6 +336,7 @@ def _train_sparse(
                 mirror=mirror,
                 backend=backend,
                 seed=seed,
+                features=tuple(data.channels),
             )
     if world is not None and not resume:
         config = replace(config, seed=world.first(config.seed))  # one drawn seed for all
