@@ -72,6 +72,8 @@ def test_sparsify_features_corr_iq_end_to_end(cli, stores, tmp_path, digest) -> 
     sp, plain = open_sparse(out), open_sparse(stores["corr"])
     assert list(sp.array("feats").attrs["channels"]) == ["real", "imag", "iq_real", "iq_imag"]
     assert list(sp.attrs["features"]) == ["real", "imag", "iq_real", "iq_imag"]
+    r = cli("info", out)
+    assert "sparsity: threshold 0.1, features corr,iq:" in r.out
     src = open_store(img, "image")
     for m in range(2):
         coords, feats = read_movie(sp, m)

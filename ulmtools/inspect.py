@@ -106,6 +106,8 @@ def _sparsity(st: Any) -> str | None:
     rule = {"threshold": f"threshold {st.get('threshold')}", "topk": f"top-k {st.get('k')}"}.get(
         st.get("method"), f"{st.get('method')} cutoff {st.get('threshold')}"
     )
+    if st.get("features") not in (None, "corr"):
+        rule += f", features {st['features']}"
     share = 100 * st["active_sites_mean"] / max(st["sites_per_movie"], 1)
     text = (
         f"{rule}: {st['active_sites_mean']:.0f} active sites per movie "
