@@ -9,6 +9,8 @@
 #   2D: NET=101 MOVIES=8 FRAMES=512 CONCENTRATIONS="1 5 10 20" NOISE="0.1 0.25" NOISE_AT=5
 #   3D: NET=103 MOVIES=4 FRAMES=128 CONCENTRATIONS="1 10 30" NOISE="" (channel level too)
 #   WORK=build/heldout-${DIM}d (kept: stores are made once, so a rerun scores new models only)
+#   FEATURES=corr,iq             the site features of the test stores (ulm sparsify --features; a
+#                                model trained on corr,iq needs them), stores named *-sp-corr-iq
 #   INFER_ARGS="--mirror none --delays none --threshold 0.5" TAG=-plain   extra 'ulm infer' options (e.g. to
 #                                score a model without the inference it recommends), and a tag
 #                                for its prediction stores
@@ -29,6 +31,9 @@ else
     NOISE=${NOISE-0.1 0.25}
 fi
 NOISE_AT=${NOISE_AT:-5}
+FEATURES=${FEATURES:-corr}
+sp=sp
+[ "$FEATURES" = corr ] || sp="sp-${FEATURES//,/-}"
 WORK=${WORK:-build/heldout-${DIM}d}
 read -r -a infer_args <<<"${INFER_ARGS:-}"
 models=("$@")
@@ -52,7 +57,8 @@ for c in $CONCENTRATIONS; do
         once "$base-img.zarr" ulm beamform "$base-raw.zarr" "$base-img.part.zarr" -q -f
         rm -rf "$base-raw.zarr"
     fi
-    once "$base-sp.zarr" ulm sparsify "$base-img.zarr" "$base-sp.part.zarr" -q -f
+    once "$base-$sp.zarr" ulm sparsify "$base-img.zarr" "$base-$sp.part.zarr" \
+        --features "$FEATURES" -q -f
     sets+=("c$c")
     once "$base-track.zarr" ulm track "$base-img.zarr" "$base-track.part.zarr" -q -f
     once "$base-trackN.zarr" ulm track "$base-img.zarr" "$base-trackN.part.zarr" \
@@ -61,7 +67,8 @@ for c in $CONCENTRATIONS; do
         i=0
         for s in $NOISE; do
             i=$((i + 1))
-            once "$base-s$s-sp.zarr" ulm sparsify "$base-img.zarr" "$base-s$s-sp.part.zarr" \
+            once "$base-s$s-$sp.zarr" ulm sparsify "$base-img.zarr" "$base-s$s-$sp.part.zarr" \
+                --features "$FEATURES" \
                 --corr-noise "$s" --seed "$((NET * 10 + i))" -q -f
             sets+=("c$c-s$s")
         done
@@ -73,7 +80,7 @@ for m in "${models[@]}"; do
     tag=$(basename "${m//:/-}" .zarr)${TAG:-}
     for s in "${sets[@]}"; do
         pred="$WORK/n$NET-$s-$tag.zarr"
-        once "$pred" ulm infer "$m" "$WORK/n$NET-$s-sp.zarr" "${pred%.zarr}.part.zarr" \
+        once "$pred" ulm infer "$m" "$WORK/n$NET-$s-$sp.zarr" "${pred%.zarr}.part.zarr" \
             "${infer_args[@]}" -q -f
         [ -f "$pred.json" ] || ulm score "$pred" -o "$pred.json" -q >/dev/null
         scores+=("$m${TAG:-}|$s|$pred.json")

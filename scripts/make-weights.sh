@@ -63,6 +63,9 @@
 #                                batch size (README, "Training on several processes"). Here
 #                                NPROC_3D=2 BATCH_3D=2: 1.31x faster, the same model within 0.01,
 #                                but 4.8 GB per process (FINDINGS-3d.md section 19), so off
+#   FEATURES_3D=corr             corr,iq: the 3D stores carry the beamformed IQ at each site too
+#                                (ulm sparsify --features corr,iq; stores named *-corr-iq), so the
+#                                network takes four input channels (FINDINGS-3d.md section 20)
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
@@ -101,6 +104,12 @@ MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
+FEATURES_3D=${FEATURES_3D:-corr}
+case "$FEATURES_3D" in
+    corr) features_3d= ;;
+    corr,iq) features_3d=-corr-iq ;;
+    *) echo "make-weights: FEATURES_3D=$FEATURES_3D is not a feature set; give corr or corr,iq" >&2; exit 2 ;;
+esac
 case "$NPROC_3D" in
     '' | *[!0-9]* | 0) echo "make-weights: NPROC_3D=$NPROC_3D is not a number of processes; give N >= 1" >&2; exit 2 ;;
 esac
@@ -315,19 +324,22 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         [ -d "$WORK/$name.zarr" ] && return 0
         ulm simulate "$WORK/$name-img.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
             --concentration "$conc" --level image --network-seed "$net" --seed "$seed" -q -f
-        ulm sparsify "$WORK/$name-img.zarr" "$WORK/$name.part.zarr" -q -f
+        ulm sparsify "$WORK/$name-img.zarr" "$WORK/$name.part.zarr" --features "$FEATURES_3D" \
+            -q -f
         rm -rf "$WORK/$name-img.zarr"
         mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
     }
     train3d=()
     for net in $TRAIN_NETS_3D; do
         for c in $CONCENTRATIONS_3D; do
-            sparse3d "train3d-n$net-c$c" "$net" "$c" "$MOVIES_3D" "$((net * 100 + ${c%.*}))"
-            train3d+=("$WORK/train3d-n$net-c$c.zarr")
+            sparse3d "train3d-n$net-c$c$features_3d" "$net" "$c" "$MOVIES_3D" \
+                "$((net * 100 + ${c%.*}))"
+            train3d+=("$WORK/train3d-n$net-c$c$features_3d.zarr")
         done
     done
     val3d=val3d
     [ "$VAL_MOVIES_3D" = 2 ] || val3d="val3d-m$VAL_MOVIES_3D"
+    val3d+=$features_3d
     sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))"
     also3d=()
     for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
@@ -346,8 +358,9 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         # training continued from stage 1 at a low learning rate (--init, finetune)
         for net in $TRAIN_NETS_3D; do
             for c in $CONCENTRATIONS_3D; do
-                sparse3d "train3d-n$net-c$c-b" "$net" "$c" "$MOVIES_3D" "$((net * 100 + ${c%.*} + 50))"
-                also3d+=(--also "$WORK/train3d-n$net-c$c-b.zarr")
+                sparse3d "train3d-n$net-c$c-b$features_3d" "$net" "$c" "$MOVIES_3D" \
+                    "$((net * 100 + ${c%.*} + 50))"
+                also3d+=(--also "$WORK/train3d-n$net-c$c-b$features_3d.zarr")
             done
         done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \

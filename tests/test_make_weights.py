@@ -1,5 +1,5 @@
 """``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes, and
-NPROC_3D trains in several processes.
+NPROC_3D trains in several processes, FEATURES_3D=corr,iq gives the network the IQ.
 
 The recipe runs for hours outside CI, so it must pick up an interrupted ``ulm train``
 where its checkpoint left it rather than ship the half-trained model. Here the 3D
@@ -110,4 +110,21 @@ def test_nproc_trains_in_several_processes(tmp_path: Path) -> None:
 
     bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", NPROC_3D="two")
     assert bad.returncode == 2 and "NPROC_3D=two" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_features_3d_makes_iq_stores_and_a_four_input_model(tmp_path: Path) -> None:
+    """FEATURES_3D=corr,iq sparsifies the 3D stores with the IQ too (their own names, so
+    they sit beside the correlation-only ones) and trains a network with four inputs."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    done = make_weights(work, out, FEATURES_3D="corr,iq", EPOCHS_3D="1")
+    assert done.returncode == 0, done.stderr
+    for name in ("train3d-n1-c30-corr-iq", "val3d-m1-corr-iq"):
+        feats = open_store(work / f"{name}.zarr").array("feats")
+        assert list(feats.attrs["channels"]) == ["real", "imag", "iq_real", "iq_imag"]
+    meta = model_store.info(out / "deepstulm-3d.zarr")
+    assert meta.kwargs["in_channels"] == 4
+
+    bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", FEATURES_3D="iq")
+    assert bad.returncode == 2 and "FEATURES_3D=iq" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
