@@ -108,6 +108,10 @@ def test_a_network_trained_on_corr_iq_takes_four_channels(stores, tmp_path) -> N
     assert info.kwargs["in_channels"] == 4
     assert info.training["config"]["features"] == ["real", "imag", "iq_real", "iq_imag"]
     assert model_store.load_state(model)[0]["inp.conv.weight"].shape[1] == 4
+    from ulmtools.inspect import format_summary, summarize
+
+    text = format_summary(summarize(model))
+    assert "input: sparse stores whose sites carry corr,iq (ulm sparsify --features" in text
     # the same run on the correlation alone is a different network (two inputs)
     plain = tmp_path / "p.zarr"
     train(stores["corr"], plain, epochs=1, channels=4, seed=3)

@@ -86,6 +86,7 @@ def _training_summary(attrs: dict[str, Any]) -> dict[str, Any]:
         "best_val_dice": max(vals) if vals else None,
         "train_stores": sum(1 for t in stores if t),
         "init": (training.get("init") or {}).get("path"),
+        "features": (training.get("config") or {}).get("features"),
     }
 
 
@@ -175,6 +176,14 @@ def format_summary(s: dict[str, Any]) -> str:
             f"training: {t['epochs']} epochs{of} on {t['train_stores']} "
             f"store(s){start}, {t['seconds']:.0f} s{val}"
         )
+        features = tuple(t.get("features") or ())
+        if features and features != ("real", "imag"):
+            from ulmtools.train.data import features_name
+
+            name = features_name(features)
+            lines.append(
+                f"input: sparse stores whose sites carry {name} (ulm sparsify --features {name})"
+            )
     advice = s.get("inference")
     if isinstance(advice, dict) and advice:
         parts = []
