@@ -3,7 +3,9 @@
 Run on a machine with a CUDA GPU (``python bench/bench_gpu.py``; ``--device cpu
 --quick`` dry-runs the same code here). Data: ``ulm simulate --level image`` 3D
 movies (32^3 at lambda/2, 30 bubbles per field of view, 750 Hz), sparsified at the
-paper's 0.25. Built-in sparse engine, width 16 (the paper's), batch 1.
+paper's 0.25 with the IQ at each site too (``--features corr,iq``: the untrained network
+takes the four channels; a model reads the channels it was trained on). Built-in sparse
+engine, width 16 (the paper's), batch 1.
 
 Prints one table: the median time of a training step (forward, backward, Adam)
 over ``--steps`` steps and the peak GPU memory of training; the time to infer a
@@ -38,8 +40,8 @@ def simulate(path: Path, frames: int, movies: int, seed: int) -> Path:
             "--frames", str(frames), "--concentration", "30", "--seed", str(seed)]  # fmt: skip
     args.append("-q")
     subprocess.run([*ulm, *args], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*ulm, "sparsify", str(img), str(path), "-q"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([*ulm, "sparsify", str(img), str(path), "--features", "corr,iq", "-q"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return path
 
 
@@ -70,7 +72,7 @@ def train_steps(
     from ulmtools.train.loop import new_state, train_step
 
     data = SparseMovies(data_path, need_truth=True)
-    cfg = TrainConfig(channels=channels)
+    cfg = TrainConfig(channels=channels, features=data.channels)
     state = new_state(cfg, data.dimension, device)
     phase = cfg.phase(cfg.schedule.dilate_epochs) | {"batch_size": 1}
     train_step(state, data, [0], cfg, phase, device)  # warm-up: kernel maps, allocator
@@ -96,14 +98,18 @@ def infer_movie(
     from ulmtools.infer.core import predict
     from ulmtools.infer.weights import load_model
     from ulmtools.models.deepstulm import SparseDeepStulm
-    from ulmtools.train.data import SparseMovies
+    from ulmtools.train.data import SparseMovies, model_channels
 
     data = SparseMovies(data_path)
     if model:
-        net, _ = load_model(model, device=device)
+        net, meta = load_model(model, device=device)
+        data.use_channels(model_channels(meta), what=model)
     else:
         torch.manual_seed(0)
-        net = SparseDeepStulm(dimension=data.dimension, channels=channels).to(device).eval()
+        net = SparseDeepStulm(
+            dimension=data.dimension, in_channels=data.in_channels, channels=channels
+        )
+        net = net.to(device).eval()
     movie = data.movie(0)
     kw = {"mirror": mirror, "shape": data.shape[1:], "delays": delays}
     predict(net, [movie], device=device, **kw)  # warm-up
@@ -135,10 +141,10 @@ def main() -> None:
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA device here (use --device cpu --quick for a dry run)")
-    # --quick: a dry run of the code on a CPU (width 2: an unpruned width-16 3D step takes
-    # minutes there)
+    # --quick: a dry run of the code on a CPU (width 4, a multiple of the 4 input channels:
+    # an unpruned width-16 3D step takes minutes there)
     steps, train_frames, infer_frames = (1, 8, 8) if a.quick else (a.steps, a.train_frames, 512)
-    width = 2 if a.quick else 16
+    width = 4 if a.quick else 16
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         train = simulate(Path(tmp) / "train.zarr", train_frames, 2, seed=11)

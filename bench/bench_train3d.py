@@ -2,11 +2,13 @@
 
 Data: ``ulm simulate --level image`` 3D movies (32^3 at lambda/2, 750 Hz, 128
 frames) at ``--concentration`` bubbles per field of view, sparsified at the 3D
-default 0.25. Built-in engine, one thread, batch of one movie, pruning, width 8
-(the first shipped recipe's; the shipped model now has the paper's 16, so
-``--widths 16`` adds it untrained). Each configuration runs in a fresh process (so
-its peak RSS is its own); times are medians over ``--steps`` steps after one
-warm-up step.
+default 0.25 with the IQ at each site too (``--features corr,iq``): the untrained
+networks take its four channels, the shipped weights the channels they were trained on,
+and one configuration takes the correlation's two alone (what the IQ costs). Built-in
+engine, one thread, batch of one movie, pruning, width 8 (the first shipped recipe's;
+the shipped model now has the paper's 16, so ``--widths 16`` adds it untrained). Each
+configuration runs in a fresh process (so its peak RSS is its own); times are medians
+over ``--steps`` steps after one warm-up step.
 
 Configurations: the model with the shipped 3D weights (its stored width and
 input kernel; trained classifiers prune as they would at the end of training),
@@ -52,8 +54,8 @@ def make_data(tmp: Path, frames: int, concentration: float) -> Path:
          "--seed", "5", "-q"],
         check=True, env=ENV, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    subprocess.run([ULM, "sparsify", str(img), str(sparse), "-q"], check=True, env=ENV,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([ULM, "sparsify", str(img), str(sparse), "--features", "corr,iq", "-q"],
+                   check=True, env=ENV, stdout=subprocess.DEVNULL)  # fmt: skip
     return sparse
 
 
@@ -67,19 +69,23 @@ def measure(spec: dict) -> dict:
     from ulmtools.models.store import load
     from ulmtools.sparse import coords as spc
     from ulmtools.train.config import TrainConfig, resolve_schedule
-    from ulmtools.train.data import SparseMovies
+    from ulmtools.train.data import CORR, SparseMovies, model_channels
     from ulmtools.train.loop import TrainState, new_state, train_step
 
     torch.set_num_threads(1)
     data = SparseMovies(spec["data"], need_truth=True)
+    if spec.get("corr_only"):
+        data.use_channels(CORR, what="this configuration")
     cfg = TrainConfig(
         schedule=resolve_schedule("cpu-3d"),
         channels=spec.get("channels", 8),
         pruning=spec["pruning"],
         seed=0,
+        features=data.channels[: data.in_channels],
     )
-    if spec["weights"]:  # the stored architecture (its width and input kernel)
-        model, _ = load(spec["weights"])
+    if spec["weights"]:  # the stored architecture (its width, input kernel and channels)
+        model, meta = load(spec["weights"])
+        data.use_channels(model_channels(meta), what=spec["weights"])
         state = TrainState(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3))
     elif spec["input_kernel"] != 5 or cfg.channels != 8:
         torch.manual_seed(0)
@@ -161,15 +167,16 @@ def main() -> None:
         configs = [("pruned, shipped weights", True, args.weights, 5),
                    ("untrained, input kernel 5", True, None, 5),
                    ("untrained, input kernel 3", True, None, 3)]  # fmt: skip
-        configs = [(*c, 8) for c in configs]
+        configs = [(*c, 8, False) for c in configs]
+        configs.append(("untrained, kernel 3, corr only", True, None, 3, 8, True))
         if args.unpruned:
-            configs.append(("unpruned, untrained", False, None, 5, 8))
+            configs.append(("unpruned, untrained", False, None, 5, 8, False))
         for w in (int(x) for x in args.widths.split(",") if x):
-            configs.append((f"untrained, kernel 3, width {w}", True, None, 3, w))
+            configs.append((f"untrained, kernel 3, width {w}", True, None, 3, w, False))
         results = {}
-        for label, pruning, weights, kernel, width in configs:
+        for label, pruning, weights, kernel, width, corr_only in configs:
             spec = {"data": data, "pruning": pruning, "weights": weights, "steps": args.steps,
-                    "input_kernel": kernel, "channels": width}  # fmt: skip
+                    "input_kernel": kernel, "channels": width, "corr_only": corr_only}  # fmt: skip
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                  env=ENV, capture_output=True, text=True)  # fmt: skip
             if out.returncode:
@@ -178,7 +185,8 @@ def main() -> None:
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
         cache = target_cache(data)
     print(f"\n3D+t training step, 32^3 x {args.frames} frames, {args.concentration:g} MB/FOV, "
-          "width 8 unless stated, 1 thread, built-in engine")  # fmt: skip
+          "width 8 and the 4 channels of corr,iq unless stated, 1 thread, "
+          "built-in engine")  # fmt: skip
     labels = list(results)
     print(f"{'block':<12}" + "".join(f"{lb:>34}" for lb in labels))
     for b in BLOCKS:
@@ -196,7 +204,7 @@ def main() -> None:
                            ("params", "parameters", "{:,}")]:  # fmt: skip
         print(f"{name:<22}" + "".join(f"{fmt.format(results[lb][key]):>28}" for lb in labels))
     pairs = [(labels[0], labels[1]), (labels[1], labels[2])] if len(labels) > 2 else []
-    pairs += [(lb, labels[2]) for lb in labels[3:] if "width" in lb]
+    pairs += [(lb, labels[2]) for lb in labels[3:] if "width" in lb or "corr only" in lb]
     for la, lb in pairs:
         a, b = results[la], results[lb]
         print(f"step time ratio '{la}' / '{lb}': {a['step_s'] / b['step_s']:.2f}")

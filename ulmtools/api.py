@@ -500,17 +500,13 @@ def _infer_sparse(
     from ulmtools.infer.weights import load_model
     from ulmtools.runner import run_stage
     from ulmtools.store import check_output
-    from ulmtools.train.data import SparseMovies, mirror_axes, mirror_names
+    from ulmtools.train.data import SparseMovies, mirror_axes, mirror_names, model_channels
 
     data = SparseMovies(input)
     sp.get_backend(str(backend))
     torch_device = resolve_device(device)
     net, meta = load_model(model, device=torch_device)
-    features = ((meta.training or {}).get("config") or {}).get("features")
-    data.use_channels(
-        tuple(features) if features else data.channels[: int(meta.kwargs.get("in_channels", 2))],
-        what=f"the model {model}",
-    )
+    data.use_channels(model_channels(meta), what=f"the model {model}")
     # what the model's maker recommends (chosen on validation data): threshold, mirroring
     advice = meta.attrs.get("inference") or {}
     if str(mirror).lower() == "auto":

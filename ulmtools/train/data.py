@@ -43,6 +43,24 @@ def features_name(channels: Sequence[str]) -> str:
     return ",".join(channels)
 
 
+def model_channels(meta: Any) -> tuple[str, ...]:
+    """The feature channels a trained model takes (``meta``: its ``ModelInfo``).
+
+    Its training configuration names them; models made before that take the
+    correlation's two.
+    """
+    from ulmtools.sparsify.core import FEATURES
+
+    features = ((getattr(meta, "training", None) or {}).get("config") or {}).get("features")
+    if features:
+        return tuple(str(n) for n in features)
+    n = int((getattr(meta, "kwargs", None) or {}).get("in_channels", 2))
+    for chans in FEATURES.values():
+        if len(chans) == n:
+            return tuple(chans)
+    return tuple(f"channel_{i}" for i in range(n))
+
+
 def ball(radius: int, ndim: int) -> np.ndarray:
     """A binary ball (Euclidean distance <= radius) structuring element."""
     r = int(radius)
