@@ -65,7 +65,10 @@
 #                                but 4.8 GB per process (FINDINGS-3d.md section 19), so off
 #   FEATURES_3D=corr             corr,iq: the 3D stores carry the beamformed IQ at each site too
 #                                (ulm sparsify --features corr,iq; stores named *-corr-iq), so the
-#                                network takes four input channels (FINDINGS-3d.md section 20)
+#                                network takes four input channels; 128 movies: validation
+#                                0.406 plain on image-level movies but 0.327 on channel-level
+#                                ones (the shipped model: 0.365 / 0.360), held-out lower: not
+#                                the default (FINDINGS-3d.md section 20)
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
