@@ -33,6 +33,10 @@
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
 #   TRAIN_NETS_3D, CONCENTRATIONS_3D, MOVIES_3D, FRAMES_3D, VAL_NET_3D   the 3D data
+#   LEVEL_3D=image               channel: the 3D training and validation movies are simulated
+#                                at channel level and beamformed (ulm beamform), as the held-out
+#                                movies are (~70 s per 4-movie store here against ~20 s; stores
+#                                named *-ch): what a model reading the IQ needs (section 20)
 #                                (width 8: 32 networks with EPOCHS_3D=10, the same steps on twice the
 #                                data: validation +0.003 advised, held-out within 0.01;
 #                                FINDINGS-3d.md section 10)
@@ -108,6 +112,12 @@ INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
 FEATURES_3D=${FEATURES_3D:-corr}
+LEVEL_3D=${LEVEL_3D:-image}
+case "$LEVEL_3D" in
+    image) level_3d= ;;
+    channel) level_3d=-ch ;;
+    *) echo "make-weights: LEVEL_3D=$LEVEL_3D is not a simulation level; give image or channel" >&2; exit 2 ;;
+esac
 case "$FEATURES_3D" in
     corr) features_3d= ;;
     corr,iq) features_3d=-corr-iq ;;
@@ -317,7 +327,8 @@ if [ "$WEIGHTS_2D" != 0 ]; then
 fi
 
 if [ "$WEIGHTS_3D" != 0 ]; then
-    # 3D+t (issue 13): image-level simulation (the bulk path), vessel networks
+    # 3D+t (issue 13): image-level simulation (the bulk path; LEVEL_3D=channel: channel
+    # level and ulm beamform), vessel networks
     # TRAIN_NETS_3D x CONCENTRATIONS_3D x MOVIES_3D movies of FRAMES_3D frames at
     # 32^3 (lambda/2), sparsified at the 3D default 0.25; validation on VAL_NET_3D.
     # Pruning keeps the x8 up-samplings affordable on a CPU; one thread per step is
@@ -325,8 +336,15 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     sparse3d() { # name network-seed concentration movies seed
         local name=$1 net=$2 conc=$3 movies=$4 seed=$5
         [ -d "$WORK/$name.zarr" ] && return 0
-        ulm simulate "$WORK/$name-img.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
-            --concentration "$conc" --level image --network-seed "$net" --seed "$seed" -q -f
+        if [ "$LEVEL_3D" = channel ]; then
+            ulm simulate "$WORK/$name-raw.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
+                --concentration "$conc" --network-seed "$net" --seed "$seed" -q -f
+            ulm beamform "$WORK/$name-raw.zarr" "$WORK/$name-img.zarr" -q -f
+            rm -rf "$WORK/$name-raw.zarr"
+        else
+            ulm simulate "$WORK/$name-img.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
+                --concentration "$conc" --level image --network-seed "$net" --seed "$seed" -q -f
+        fi
         ulm sparsify "$WORK/$name-img.zarr" "$WORK/$name.part.zarr" --features "$FEATURES_3D" \
             -q -f
         rm -rf "$WORK/$name-img.zarr"
@@ -335,14 +353,14 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     train3d=()
     for net in $TRAIN_NETS_3D; do
         for c in $CONCENTRATIONS_3D; do
-            sparse3d "train3d-n$net-c$c$features_3d" "$net" "$c" "$MOVIES_3D" \
+            sparse3d "train3d-n$net-c$c$level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
                 "$((net * 100 + ${c%.*}))"
-            train3d+=("$WORK/train3d-n$net-c$c$features_3d.zarr")
+            train3d+=("$WORK/train3d-n$net-c$c$level_3d$features_3d.zarr")
         done
     done
     val3d=val3d
     [ "$VAL_MOVIES_3D" = 2 ] || val3d="val3d-m$VAL_MOVIES_3D"
-    val3d+=$features_3d
+    val3d+=$level_3d$features_3d
     sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))"
     also3d=()
     for s in "${train3d[@]:1}"; do also3d+=(--also "$s"); done
@@ -361,9 +379,9 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         # training continued from stage 1 at a low learning rate (--init, finetune)
         for net in $TRAIN_NETS_3D; do
             for c in $CONCENTRATIONS_3D; do
-                sparse3d "train3d-n$net-c$c-b$features_3d" "$net" "$c" "$MOVIES_3D" \
+                sparse3d "train3d-n$net-c$c-b$level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
                     "$((net * 100 + ${c%.*} + 50))"
-                also3d+=(--also "$WORK/train3d-n$net-c$c-b$features_3d.zarr")
+                also3d+=(--also "$WORK/train3d-n$net-c$c-b$level_3d$features_3d.zarr")
             done
         done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \

@@ -115,16 +115,23 @@ def test_nproc_trains_in_several_processes(tmp_path: Path) -> None:
 
 def test_features_3d_makes_iq_stores_and_a_four_input_model(tmp_path: Path) -> None:
     """FEATURES_3D=corr,iq sparsifies the 3D stores with the IQ too (their own names, so
-    they sit beside the correlation-only ones) and trains a network with four inputs."""
+    they sit beside the correlation-only ones) and trains a network with four inputs;
+    LEVEL_3D=channel makes them from channel-level movies and ulm beamform."""
     work, out = tmp_path / "work", tmp_path / "out"
-    done = make_weights(work, out, FEATURES_3D="corr,iq", EPOCHS_3D="1")
+    done = make_weights(work, out, FEATURES_3D="corr,iq", LEVEL_3D="channel", EPOCHS_3D="1")
     assert done.returncode == 0, done.stderr
-    for name in ("train3d-n1-c30-corr-iq", "val3d-m1-corr-iq"):
-        feats = open_store(work / f"{name}.zarr").array("feats")
+    for name in ("train3d-n1-c30-ch-corr-iq", "val3d-m1-ch-corr-iq"):
+        store = open_store(work / f"{name}.zarr")
+        feats = store.array("feats")
         assert list(feats.attrs["channels"]) == ["real", "imag", "iq_real", "iq_imag"]
+        # LEVEL_3D=channel: simulated at channel level and beamformed, as the test movies
+        assert [p["stage"] for p in store.provenance][:3] == ["simulate", "beamform", "sparsify"]
     meta = model_store.info(out / "deepstulm-3d.zarr")
     assert meta.kwargs["in_channels"] == 4
 
     bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", FEATURES_3D="iq")
     assert bad.returncode == 2 and "FEATURES_3D=iq" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", LEVEL_3D="rf")
+    assert bad.returncode == 2 and "LEVEL_3D=rf" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
