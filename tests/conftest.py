@@ -1,4 +1,5 @@
-"""Shared fixtures: run the CLI in-process, hash trees to prove inputs untouched."""
+"""Shared fixtures: run the CLI in-process, hash trees to prove inputs untouched, torch
+on one thread."""
 
 from __future__ import annotations
 
@@ -49,3 +50,16 @@ def tree_digest(path: Path) -> str:
 @pytest.fixture
 def digest() -> Callable[[Path], str]:
     return tree_digest
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, as make weights' 'ulm train' runs
+    (OMP_NUM_THREADS_3D=1): two competing threads stall for seconds on a 2-core machine,
+    one is steady. Modules use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

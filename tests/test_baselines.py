@@ -25,12 +25,8 @@ from ulmtools.train.data import SparseMovies
 DEEPSTULM = ("--epochs", "100", "--channels", "8", "--lr", "0.01", "--batch-size", "2")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

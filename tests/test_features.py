@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ulmtools.errors import InputError, UsageError
 from ulmtools.models import store as model_store
@@ -18,13 +17,8 @@ from ulmtools.store import open_store
 from ulmtools.train.data import SparseMovies
 from ulmtools.train.run import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

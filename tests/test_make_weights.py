@@ -52,12 +52,8 @@ def make_weights(work: Path, out: Path, **extra: str) -> subprocess.CompletedPro
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the script's 'ulm train' (OMP_NUM_THREADS_3D=1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_an_interrupted_training_resumes(cli, tmp_path: Path, monkeypatch) -> None:

@@ -25,13 +25,8 @@ from ulmtools.models.deepstulm import SparseDeepStulm
 from ulmtools.models.mask_cnn import MaskCNN
 from ulmtools.sparsify.synthetic import SyntheticConfig, write_synthetic_store
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,8 @@ from ulmtools.train.config import SCHEDULES, Schedule, TrainConfig, resolve_sche
 from ulmtools.train.data import Mirrored, SparseMovies, mirror_axes
 from ulmtools.truth import copy_truth
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two competing threads stall for seconds on this kind of machine; one is steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sparse(

@@ -13,13 +13,8 @@ from ulmtools.errors import InputError, OutputError, UsageError
 from ulmtools.models import store as model_store
 from ulmtools.train.run import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# torch on one thread in every test of this module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
