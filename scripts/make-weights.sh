@@ -76,6 +76,10 @@
 #   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
 #                                and training continues N epochs (--init, finetune); 5 epochs
 #                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
+#   FINETUNE_LEVEL_3D=$LEVEL_3D  another level (channel): stage 2 trains on stage 1's movies
+#                                (same networks and seeds) simulated at that level, in place of
+#                                stage 1's, with schedule finetune's batch size; validation and
+#                                the inference advice on the validation movies at that level
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -113,11 +117,18 @@ DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
 FEATURES_3D=${FEATURES_3D:-corr}
 LEVEL_3D=${LEVEL_3D:-image}
-case "$LEVEL_3D" in
-    image) level_3d= ;;
-    channel) level_3d=-ch ;;
-    *) echo "make-weights: LEVEL_3D=$LEVEL_3D is not a simulation level; give image or channel" >&2; exit 2 ;;
-esac
+FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-$LEVEL_3D}
+# the suffix of a store name for a simulation level (image: none, channel: -ch)
+level_suffix() { # variable level
+    case "$2" in
+        image) echo "" ;;
+        channel) echo "-ch" ;;
+        *) echo "make-weights: $1=$2 is not a simulation level; give image or channel" >&2
+           return 2 ;;
+    esac
+}
+level_3d=$(level_suffix LEVEL_3D "$LEVEL_3D") || exit 2
+ft_level_3d=$(level_suffix FINETUNE_LEVEL_3D "$FINETUNE_LEVEL_3D") || exit 2
 case "$FEATURES_3D" in
     corr) features_3d= ;;
     corr,iq) features_3d=-corr-iq ;;
@@ -333,10 +344,10 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     # 32^3 (lambda/2), sparsified at the 3D default 0.25; validation on VAL_NET_3D.
     # Pruning keeps the x8 up-samplings affordable on a CPU; one thread per step is
     # steadier than two on a shared machine.
-    sparse3d() { # name network-seed concentration movies seed
-        local name=$1 net=$2 conc=$3 movies=$4 seed=$5
+    sparse3d() { # name network-seed concentration movies seed [level]
+        local name=$1 net=$2 conc=$3 movies=$4 seed=$5 level=${6:-$LEVEL_3D}
         [ -d "$WORK/$name.zarr" ] && return 0
-        if [ "$LEVEL_3D" = channel ]; then
+        if [ "$level" = channel ]; then
             ulm simulate "$WORK/$name-raw.zarr" --dim 3 --movies "$movies" --frames "$FRAMES_3D" \
                 --concentration "$conc" --network-seed "$net" --seed "$seed" -q -f
             ulm beamform "$WORK/$name-raw.zarr" "$WORK/$name-img.zarr" -q -f
@@ -374,7 +385,28 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         "${also3d[@]}" --val "$WORK/$val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"
-    if [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
+    if [ "$FINETUNE_EPOCHS_3D" != 0 ] && [ "$FINETUNE_LEVEL_3D" != "$LEVEL_3D" ]; then
+        # stage 2 at another simulation level: stage 1's movies (same networks and seeds)
+        # simulated at FINETUNE_LEVEL_3D, in place of stage 1's, training continued from
+        # stage 1 (--init, schedule finetune with its own batch size); validation, and the
+        # inference advice, on the validation movies at that level
+        ft3d=()
+        for net in $TRAIN_NETS_3D; do
+            for c in $CONCENTRATIONS_3D; do
+                sparse3d "train3d-n$net-c$c$ft_level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
+                    "$((net * 100 + ${c%.*}))" "$FINETUNE_LEVEL_3D"
+                ft3d+=("$WORK/train3d-n$net-c$c$ft_level_3d$features_3d.zarr")
+            done
+        done
+        val3d=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
+        sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
+            "$FINETUNE_LEVEL_3D"
+        also3d=()
+        for s in "${ft3d[@]:1}"; do also3d+=(--also "$s"); done
+        OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
+            "${ft3d[0]}" "${also3d[@]}" --val "$WORK/$val3d.zarr" --init "$model3d" \
+            --schedule finetune --epochs "$FINETUNE_EPOCHS_3D"
+    elif [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
         # stage 2: as many fresh movies again (other simulation seeds) join stage 1's,
         # training continued from stage 1 at a low learning rate (--init, finetune)
         for net in $TRAIN_NETS_3D; do

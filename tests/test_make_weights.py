@@ -131,3 +131,40 @@ def test_features_3d_makes_iq_stores_and_a_four_input_model(tmp_path: Path) -> N
     bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", LEVEL_3D="rf")
     assert bad.returncode == 2 and "LEVEL_3D=rf" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> None:
+    """FINETUNE_LEVEL_3D=channel: stage 1 trains on image-level movies, stage 2 continues
+    from it (--init) on the same movies simulated at channel level and beamformed, and
+    validates on the channel-level validation movies."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    done = make_weights(
+        work,
+        out,
+        FEATURES_3D="corr,iq",
+        EPOCHS_3D="1",
+        FINETUNE_EPOCHS_3D="1",
+        FINETUNE_LEVEL_3D="channel",
+    )
+    assert done.returncode == 0, done.stderr
+    stages = {
+        name: [p["stage"] for p in open_store(work / f"{name}.zarr").provenance]
+        for name in ("train3d-n1-c30-corr-iq", "train3d-n1-c30-ch-corr-iq", "val3d-m1-ch-corr-iq")
+    }
+    assert stages["train3d-n1-c30-corr-iq"][:2] == ["simulate", "sparsify"]
+    assert stages["train3d-n1-c30-ch-corr-iq"][:3] == ["simulate", "beamform", "sparsify"]
+    assert stages["val3d-m1-ch-corr-iq"][:3] == ["simulate", "beamform", "sparsify"]
+    # the same movie (network and seed) at both levels
+    seeds = {
+        name: open_store(work / f"{name}.zarr").provenance[0]["command"].split("--seed ")[1]
+        for name in ("train3d-n1-c30-corr-iq", "train3d-n1-c30-ch-corr-iq")
+    }
+    assert len(set(seeds.values())) == 1, seeds
+    command = open_store(out / "deepstulm-3d.zarr", "model").provenance[-1]["command"]
+    assert "--init" in command and "deepstulm-3d-stage1.zarr" in command
+    assert "train3d-n1-c30-ch-corr-iq.zarr" in command and "val3d-m1-ch-corr-iq.zarr" in command
+    assert "train3d-n1-c30-corr-iq.zarr" not in command
+
+    bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", FINETUNE_LEVEL_3D="rf")
+    assert bad.returncode == 2 and "FINETUNE_LEVEL_3D=rf" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
