@@ -10,7 +10,9 @@
 #   3D: NET=103 MOVIES=4 FRAMES=128 CONCENTRATIONS="1 10 30" NOISE="" (channel level too)
 #   WORK=build/heldout-${DIM}d (kept: stores are made once, so a rerun scores new models only)
 #   FEATURES=corr,iq             the site features of the test stores (ulm sparsify --features; a
-#                                model trained on corr,iq needs them), stores named *-sp-corr-iq
+#                                model trained on corr,iq needs them), stores named *-sp-corr-iq;
+#                                default: corr,iq if any MODEL reads the IQ, else corr (a
+#                                correlation model reads corr,iq stores to the same maps)
 #   INFER_ARGS="--mirror none --delays none --threshold 0.5" TAG=-plain   extra 'ulm infer' options (e.g. to
 #                                score a model without the inference it recommends), and a tag
 #                                for its prediction stores
@@ -31,13 +33,25 @@ else
     NOISE=${NOISE-0.1 0.25}
 fi
 NOISE_AT=${NOISE_AT:-5}
-FEATURES=${FEATURES:-corr}
-sp=sp
-[ "$FEATURES" = corr ] || sp="sp-${FEATURES//,/-}"
 WORK=${WORK:-build/heldout-${DIM}d}
 read -r -a infer_args <<<"${INFER_ARGS:-}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=("shipped:${DIM}d")
+if [ -z "${FEATURES:-}" ]; then
+    FEATURES=$(python - "${models[@]}" <<'PY'
+import sys
+
+from ulmtools.infer.weights import resolve
+from ulmtools.models.store import info
+from ulmtools.train.data import model_channels
+
+iq = any("iq_real" in model_channels(info(resolve(m))) for m in sys.argv[1:])
+print("corr,iq" if iq else "corr")
+PY
+    )
+fi
+sp=sp
+[ "$FEATURES" = corr ] || sp="sp-${FEATURES//,/-}"
 mkdir -p "$WORK"
 
 once() { # output-store command...: run the command (writing OUTPUT.part.zarr) unless done

@@ -146,3 +146,34 @@ def test_inference_takes_the_channels_its_model_was_trained_on(cli, stores, tmp_
     assert r.code == 3 and "sparsify the image store with ulm sparsify --features corr,iq" in r.err
     assert len(r.err.strip().splitlines()) == 1 and not out.exists()
     assert SparseMovies(iq).in_channels == 4
+
+
+def test_auto_features_are_what_the_shipped_model_reads(cli, stores, tmp_path, monkeypatch):
+    """``--features auto`` (the default) gives a store what the shipped model of its
+    dimension reads, so ``ulm sparsify`` then ``ulm infer shipped:Nd`` works as it is."""
+    from ulmtools.infer import weights
+    from ulmtools.sparsify.core import FEATURES
+    from ulmtools.train.data import model_channels
+
+    shipped = model_channels(model_store.info(weights.shipped_path("2d")))
+    out = tmp_path / "sp.zarr"
+    assert cli("sparsify", stores["img"], out, "-q").code == 0
+    assert tuple(open_sparse(out).attrs["features"]) == shipped
+    # a package whose 2D model reads corr,iq: auto gives stores the IQ, except a store
+    # that has none
+    pkg = tmp_path / "weights"
+    pkg.mkdir()
+    train(stores["corr,iq"], pkg / "deepstulm-2d.zarr", epochs=1, channels=4, seed=2)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", pkg)
+    assert weights.shipped_features("2d") == "corr,iq"
+    assert weights.shipped_features("3d") == "corr"  # not installed there
+    iq = tmp_path / "iq.zarr"
+    r = cli("sparsify", stores["img"], iq, "--json")
+    assert r.code == 0 and json.loads(r.out)["features"] == "corr,iq"
+    assert tuple(open_sparse(iq).attrs["features"]) == FEATURES["corr,iq"]
+    from ulmtools.sparsify.synthetic import SyntheticConfig, write_synthetic_store
+
+    corr_only = tmp_path / "corr-only.zarr"
+    write_synthetic_store(corr_only, SyntheticConfig(movies=1, frames=8, shape=(8, 8)))
+    r = cli("sparsify", corr_only, tmp_path / "c.zarr", "--json")
+    assert r.code == 0 and json.loads(r.out)["features"] == "corr"

@@ -26,6 +26,7 @@ informational lines (the CLI passes its stderr logger).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -253,7 +254,7 @@ def sparsify(
     mask_model: PathLike | None = None,
     corr_noise: float = 0.0,
     seed: int | None = None,
-    features: str = "corr",
+    features: str = "auto",
     device: str = "auto",
     workers: int = 1,
     dask: bool = False,
@@ -265,7 +266,9 @@ def sparsify(
 
     ``features``: what each site carries, ``corr`` (real and imaginary correlation) or
     ``corr,iq`` (also the beamformed IQ there, normalised per movie; the sites are
-    chosen on corr either way).
+    chosen on corr either way); ``auto``: what the shipped model of the store's
+    dimension reads (``shipped:2d``, ``shipped:3d``), or ``corr`` when the store has
+    no IQ.
 
     ``corr_noise``: standard deviation of complex Gaussian noise added to the real and
     the imaginary part of corr before the sites are chosen (seeded by ``seed``, drawn at
@@ -301,6 +304,8 @@ def sparsify(
     if method != "mask" and mask_model is not None:
         raise UsageError(f"--mask-model applies only to --method mask, not {method}")
     src = open_store(input, "image")
+    if config.features == "auto":
+        config = dataclasses.replace(config, features=_auto_features(src))
     grid, shape = check_image_store(src, config.features)
     config = config.resolved(grid.ndim)
     inputs = [input] + ([mask_model] if mask_model is not None else [])
@@ -359,6 +364,15 @@ def sparsify(
     return run_stage(
         stage, output, force=force, executor=executor, progress=progress, summarize=summarize
     )
+
+
+def _auto_features(src: Any) -> str:
+    """``--features auto``: what the shipped model of the image store's dimension reads,
+    or ``corr`` where the store has no IQ."""
+    from ulmtools.infer.weights import shipped_features
+
+    features = shipped_features(f"{src.grid.ndim}d")
+    return features if "iq" not in features.split(",") or "iq" in src.group else "corr"
 
 
 MASK_HINT = (

@@ -84,9 +84,11 @@ def sparsify(
             help="What each site carries: corr (real and imaginary correlation, the paper's "
             "input) or corr,iq (also the beamformed IQ at the same sites, divided by its "
             "root mean square over the movie's sites: the PSF's profile, for sub-pixel "
-            "placement). The sites are chosen on corr either way.",
+            "placement). The sites are chosen on corr either way. auto: what the shipped "
+            "model of the store's dimension reads (ulm info shipped:2d, shipped:3d), or corr "
+            "when the store has no IQ.",
         ),
-    ] = "corr",
+    ] = "auto",
     device: Device = "auto",
     workers: Annotated[
         int,

@@ -34,6 +34,19 @@ def shipped_path(name: str) -> Path:
     return path
 
 
+def shipped_features(name: str) -> str:
+    """The feature set (``ulm sparsify --features``) the shipped model ``name`` reads:
+    ``corr`` or ``corr,iq``; ``corr`` when it is not installed."""
+    from ulmtools.sparsify.core import FEATURES
+    from ulmtools.train.data import model_channels
+
+    path = WEIGHTS_DIR / SHIPPED.get(name, "")
+    if name not in SHIPPED or not path.exists():
+        return "corr"
+    channels = model_channels(model_store.info(path))
+    return next((k for k, v in FEATURES.items() if tuple(v) == channels), "corr")
+
+
 def resolve(spec: str | Path) -> Path:
     s = str(spec)
     return shipped_path(s.split(":", 1)[1]) if s.startswith("shipped:") else Path(s)

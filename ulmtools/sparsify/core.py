@@ -76,7 +76,8 @@ class SparsifyConfig:
     corr_noise: float = 0.0
     #: seed of that noise (movie m draws from ``default_rng([seed, m])``)
     seed: int | None = None
-    #: what each site carries: "corr" or "corr,iq" (see the module docstring)
+    #: what each site carries: "corr" or "corr,iq" (see the module docstring); "auto":
+    #: what the shipped model of the store's dimension reads (api.sparsify resolves it)
     features: str = "corr"
 
     def __post_init__(self) -> None:
@@ -94,10 +95,11 @@ class SparsifyConfig:
                 raise UsageError("--threshold does not apply to --method topk", "give --k only")
         elif self.k is not None:
             raise UsageError(f"--k applies only to --method topk, not {self.method}")
-        if self.features not in FEATURES:
+        if self.features not in (*FEATURES, "auto"):
             raise UsageError(
                 f"unknown --features {self.features!r}",
-                f"use one of {', '.join(FEATURES)} (the sites are chosen on corr either way)",
+                f"use one of {', '.join(FEATURES)} or auto (the sites are chosen on corr "
+                "either way)",
             )
         if not (np.isfinite(self.corr_noise) and self.corr_noise >= 0):
             raise UsageError(f"--corr-noise must be a finite number >= 0, got {self.corr_noise}")
