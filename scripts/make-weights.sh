@@ -13,8 +13,8 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~2 h 45 min for
-# 3D on one (data ~10 min, training 150), on this shared 2-core machine):
+# stage 1 70, stage 2 30) and ~2 h 30 min for 3D on one (image-level data ~11 min,
+# stage 1 80, channel-level data ~40, stage 2 20), on this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
@@ -23,12 +23,16 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 45 min on one core; 32 networks
-#   x 2 concentrations x 4 movies = 256 training movies; the paper's width 16, 3584 steps:
-#   validation 0.325 plain, 0.365 advised against 0.292 / 0.333 for the same recipe on 16
-#   networks (128 movies, 1792 steps), FINDINGS-3d.md section 18; peak RSS 3857 MiB, set in
-#   the first epoch (3258 MiB on 16 networks, section 15); 16 networks with
-#   EPOCHS_3D=20: 0.285 plain, 0.342 advised, section 16):
+#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 30 min on one core; 16 networks
+#   x 2 concentrations x 4 movies = 128 training movies whose sites carry the correlation and
+#   the IQ (FEATURES_3D=corr,iq); stage 1 at image level, the paper's width 16, 1792 steps;
+#   stage 2 on the same movies simulated at channel level and beamformed
+#   (FINETUNE_LEVEL_3D=channel, FINETUNE_EPOCHS_3D=4, 256 steps of 2 movies): channel-level
+#   validation 0.373 plain, 0.414 advised against 0.360 for the correlation model shipped
+#   before (256 movies, 3584 steps; FINDINGS-3d.md section 21); peak RSS 3414 MiB (stage
+#   1), 2322 MiB (stage 2). The correlation-only recipes: FINDINGS-3d sections 8-19, e.g.
+#   FEATURES_3D=corr FINETUNE_EPOCHS_3D=0 with 32 networks: 0.365 advised on image-level
+#   validation, section 18):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=14 CHANNELS_3D=16 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
 #                                schedule: SCHEDULE_3D=paper-3d (width 16, input kernel 5, batch 2
 #                                then 4, 16 movies of 512 frames per network and concentration)
@@ -36,7 +40,9 @@
 #   LEVEL_3D=image               channel: the 3D training and validation movies are simulated
 #                                at channel level and beamformed (ulm beamform), as the held-out
 #                                movies are (~70 s per 4-movie store here against ~20 s; stores
-#                                named *-ch): what a model reading the IQ needs (section 20)
+#                                named *-ch); with the IQ, 128 movies from scratch at channel
+#                                level: validation 0.365 plain, 0.399 advised against the shipped
+#                                recipe's 0.414 (section 21)
 #                                (width 8: 32 networks with EPOCHS_3D=10, the same steps on twice the
 #                                data: validation +0.003 advised, held-out within 0.01;
 #                                FINDINGS-3d.md section 10)
@@ -67,19 +73,22 @@
 #                                batch size (README, "Training on several processes"). Here
 #                                NPROC_3D=2 BATCH_3D=2: 1.31x faster, the same model within 0.01,
 #                                but 4.8 GB per process (FINDINGS-3d.md section 19), so off
-#   FEATURES_3D=corr             corr,iq: the 3D stores carry the beamformed IQ at each site too
-#                                (ulm sparsify --features corr,iq; stores named *-corr-iq), so the
-#                                network takes four input channels; 128 movies: validation
-#                                0.406 plain on image-level movies but 0.327 on channel-level
-#                                ones (the shipped model: 0.365 / 0.360), held-out lower: not
-#                                the default (FINDINGS-3d.md section 20)
-#   FINETUNE_EPOCHS_3D=0         N > 0: a stage 2, as many fresh movies again join stage 1's
-#                                and training continues N epochs (--init, finetune); 5 epochs
-#                                gained 0.003 of validation Dice here (FINDINGS-3d.md), so off
-#   FINETUNE_LEVEL_3D=$LEVEL_3D  another level (channel): stage 2 trains on stage 1's movies
-#                                (same networks and seeds) simulated at that level, in place of
-#                                stage 1's, with schedule finetune's batch size; validation and
-#                                the inference advice on the validation movies at that level
+#   FEATURES_3D=corr,iq          the 3D stores carry the beamformed IQ at each site too (ulm
+#                                sparsify --features corr,iq; stores named *-corr-iq), so the
+#                                network takes four input channels; corr: the correlation alone
+#                                (the paper's input; +0.114 plain validation for the IQ at 128
+#                                movies, both at image level, FINDINGS-3d.md section 20)
+#   FINETUNE_EPOCHS_3D=4         N > 0: a stage 2, training continued N epochs from stage 1
+#                                (--init, schedule finetune) on FINETUNE_LEVEL_3D's movies;
+#                                0: stage 1 alone (paper-3d's default)
+#   FINETUNE_LEVEL_3D=channel    stage 2 trains on stage 1's movies (same networks and seeds)
+#                                simulated at channel level and beamformed, in place of stage
+#                                1's, with schedule finetune's batch size (2); validation and the
+#                                inference advice on the validation movies at that level (the
+#                                image-level model: 0.327 plain there, after 4 epochs 0.373);
+#                                the same level as LEVEL_3D: as many fresh movies again (other
+#                                seeds) join stage 1's instead (5 epochs of that gained 0.003 of
+#                                validation Dice on a correlation model, FINDINGS-3d.md)
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -107,7 +116,7 @@ fi
 WEIGHTS_2D=${WEIGHTS_2D:-1}
 WEIGHTS_3D=${WEIGHTS_3D:-1}
 SCHEDULE_3D=${SCHEDULE_3D:-cpu-3d}
-TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58 61 62 63 64 65 66 67 68 71 72 73 74 75 76 77 78}
+TRAIN_NETS_3D=${TRAIN_NETS_3D:-21 22 23 24 25 26 27 28 51 52 53 54 55 56 57 58}
 CONCENTRATIONS_3D=${CONCENTRATIONS_3D:-10 30}
 VAL_NET_3D=${VAL_NET_3D:-42}
 VAL_MOVIES_3D=${VAL_MOVIES_3D:-4}
@@ -115,9 +124,9 @@ MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
-FEATURES_3D=${FEATURES_3D:-corr}
+FEATURES_3D=${FEATURES_3D:-corr,iq}
 LEVEL_3D=${LEVEL_3D:-image}
-FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-$LEVEL_3D}
+FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-channel}
 # the suffix of a store name for a simulation level (image: none, channel: -ch)
 level_suffix() { # variable level
     case "$2" in
@@ -148,7 +157,7 @@ if [ "$SCHEDULE_3D" = paper-3d ]; then
     FRAMES_3D=${FRAMES_3D:-512}
 else
     EPOCHS_3D=${EPOCHS_3D:-14}
-    FINETUNE_EPOCHS_3D=${FINETUNE_EPOCHS_3D:-0}
+    FINETUNE_EPOCHS_3D=${FINETUNE_EPOCHS_3D:-4}
     CHANNELS_3D=${CHANNELS_3D:-16}
     BATCH_3D=${BATCH_3D:-1}
     INPUT_KERNEL_3D=${INPUT_KERNEL_3D:-3}
