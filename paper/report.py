@@ -470,7 +470,9 @@ def render(res: dict[str, Any], out: Path) -> str:
         )
     w(
         "Memory of the shipped model is that of its own training (`make weights`, see "
-        "`ulm info shipped:2d|3d`: 512-frame 2D movies at batch 2), not comparable "
+        "`ulm info shipped:2d|3d`: 512-frame 2D movies at batch 2; for a model continued "
+        "from another, `--init`, its last stage's only, the card giving each stage's), not "
+        "comparable "
         "with the models trained here; the row *trained here* is the sparse network trained on "
         "exactly the baselines' data, so its memory and time are the like-for-like comparison. "
         "In 3D the dense baselines are refused by `ulm train` (PyTorch has no 4D convolution); "

@@ -76,8 +76,9 @@
 #   FEATURES_3D=corr,iq          the 3D stores carry the beamformed IQ at each site too (ulm
 #                                sparsify --features corr,iq; stores named *-corr-iq), so the
 #                                network takes four input channels; corr: the correlation alone
-#                                (the paper's input; +0.114 plain validation for the IQ at 128
-#                                movies, both at image level, FINDINGS-3d.md section 20)
+#                                (the paper's input, and SCHEDULE_3D=paper-3d's default; +0.114
+#                                plain validation for the IQ at 128 movies, both at image level,
+#                                FINDINGS-3d.md section 20)
 #   FINETUNE_EPOCHS_3D=4         N > 0: a stage 2, training continued N epochs from stage 1
 #                                (--init, schedule finetune) on FINETUNE_LEVEL_3D's movies;
 #                                0: stage 1 alone (paper-3d's default)
@@ -124,6 +125,9 @@ MIRROR_3D=${MIRROR_3D:-}
 INFER_ADVICE=${INFER_ADVICE:-1}
 DELAYS_3D=${DELAYS_3D-0,8}
 NPROC_3D=${NPROC_3D:-1}
+# the paper's schedule keeps the paper's input (its stage 1 alone, at image level, would
+# learn the image-level PSF from the IQ: FINDINGS-3d.md section 20)
+if [ "$SCHEDULE_3D" = paper-3d ]; then FEATURES_3D=${FEATURES_3D:-corr}; fi
 FEATURES_3D=${FEATURES_3D:-corr,iq}
 LEVEL_3D=${LEVEL_3D:-image}
 FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-channel}
