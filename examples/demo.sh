@@ -27,7 +27,7 @@ ulm simulate "$out/test$dim.zarr" --dim "$dim" --movies "$movies" --frames "$fra
 step "beamform: delay-and-sum, compounding, SVD clutter filter, PSF correlation"
 ulm beamform "$out/test$dim.zarr" "$out/img$dim.zarr" -f
 
-step "sparsify: the active sites the network sees (threshold on abs(corr)^2)"
+step "sparsify: the active sites the network sees (threshold on abs(corr)^2; in 3D each also carries the IQ)"
 ulm sparsify "$out/img$dim.zarr" "$out/sparse$dim.zarr" -f
 
 step "infer: the shipped Sparse Deep-stULM on the sparse movies"
