@@ -374,14 +374,20 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         rm -rf "$WORK/$name-img.zarr"
         mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
     }
-    train3d=()
-    for net in $TRAIN_NETS_3D; do
-        for c in $CONCENTRATIONS_3D; do
-            sparse3d "train3d-n$net-c$c$level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
-                "$((net * 100 + ${c%.*}))"
-            train3d+=("$WORK/train3d-n$net-c$c$level_3d$features_3d.zarr")
+    # the training stores train3d-n<net>-c<conc><tag> of every network and concentration,
+    # made if missing and listed in the array stores3d
+    training3d() { # tag seed-offset level
+        stores3d=()
+        for net in $TRAIN_NETS_3D; do
+            for c in $CONCENTRATIONS_3D; do
+                sparse3d "train3d-n$net-c$c$1" "$net" "$c" "$MOVIES_3D" \
+                    "$((net * 100 + ${c%.*} + $2))" "$3"
+                stores3d+=("$WORK/train3d-n$net-c$c$1.zarr")
+            done
         done
-    done
+    }
+    training3d "$level_3d$features_3d" 0 "$LEVEL_3D"
+    train3d=("${stores3d[@]}")
     val3d=val3d
     [ "$VAL_MOVIES_3D" = 2 ] || val3d="val3d-m$VAL_MOVIES_3D"
     val3d+=$level_3d$features_3d
@@ -403,14 +409,8 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         # simulated at FINETUNE_LEVEL_3D, in place of stage 1's, training continued from
         # stage 1 (--init, schedule finetune with its own batch size); validation, and the
         # inference advice, on the validation movies at that level
-        ft3d=()
-        for net in $TRAIN_NETS_3D; do
-            for c in $CONCENTRATIONS_3D; do
-                sparse3d "train3d-n$net-c$c$ft_level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
-                    "$((net * 100 + ${c%.*}))" "$FINETUNE_LEVEL_3D"
-                ft3d+=("$WORK/train3d-n$net-c$c$ft_level_3d$features_3d.zarr")
-            done
-        done
+        training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D"
+        ft3d=("${stores3d[@]}")
         val3d=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
         sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
             "$FINETUNE_LEVEL_3D"
@@ -422,13 +422,8 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     elif [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
         # stage 2: as many fresh movies again (other simulation seeds) join stage 1's,
         # training continued from stage 1 at a low learning rate (--init, finetune)
-        for net in $TRAIN_NETS_3D; do
-            for c in $CONCENTRATIONS_3D; do
-                sparse3d "train3d-n$net-c$c-b$level_3d$features_3d" "$net" "$c" "$MOVIES_3D" \
-                    "$((net * 100 + ${c%.*} + 50))"
-                also3d+=(--also "$WORK/train3d-n$net-c$c-b$level_3d$features_3d.zarr")
-            done
-        done
+        training3d "-b$level_3d$features_3d" 50 "$LEVEL_3D"
+        for s in "${stores3d[@]}"; do also3d+=(--also "$s"); done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
             "${train3d[0]}" "${also3d[@]}" --val "$WORK/$val3d.zarr" --init "$model3d" \
             --schedule finetune --epochs "$FINETUNE_EPOCHS_3D" "${batch3d[@]}"

@@ -37,14 +37,11 @@ def shipped_path(name: str) -> Path:
 def shipped_features(name: str) -> str:
     """The feature set (``ulm sparsify --features``) the shipped model ``name`` reads:
     ``corr`` or ``corr,iq``; ``corr`` when it is not installed."""
-    from ulmtools.sparsify.core import FEATURES
-    from ulmtools.train.data import model_channels
+    from ulmtools.train.data import features_name, model_channels
 
-    path = WEIGHTS_DIR / SHIPPED.get(name, "")
-    if name not in SHIPPED or not path.exists():
+    if name not in SHIPPED or not (WEIGHTS_DIR / SHIPPED[name]).exists():
         return "corr"
-    channels = model_channels(model_store.info(path))
-    return next((k for k, v in FEATURES.items() if tuple(v) == channels), "corr")
+    return features_name(model_channels(model_store.info(WEIGHTS_DIR / SHIPPED[name])))
 
 
 def resolve(spec: str | Path) -> Path:
