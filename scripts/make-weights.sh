@@ -90,6 +90,7 @@
 #                                the same level as LEVEL_3D: as many fresh movies again (other
 #                                seeds) join stage 1's instead (5 epochs of that gained 0.003 of
 #                                validation Dice on a correlation model, FINDINGS-3d.md)
+#   FINETUNE_NETS_3D=TRAIN_NETS_3D  stage 2's networks (e.g. more than stage 1's)
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -131,6 +132,7 @@ if [ "$SCHEDULE_3D" = paper-3d ]; then FEATURES_3D=${FEATURES_3D:-corr}; fi
 FEATURES_3D=${FEATURES_3D:-corr,iq}
 LEVEL_3D=${LEVEL_3D:-image}
 FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-channel}
+FINETUNE_NETS_3D=${FINETUNE_NETS_3D:-$TRAIN_NETS_3D}
 # the suffix of a store name for a simulation level (image: none, channel: -ch)
 level_suffix() { # variable level
     case "$2" in
@@ -374,11 +376,11 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         rm -rf "$WORK/$name-img.zarr"
         mv "$WORK/$name.part.zarr" "$WORK/$name.zarr"
     }
-    # the training stores train3d-n<net>-c<conc><tag> of every network and concentration,
-    # made if missing and listed in the array stores3d
-    training3d() { # tag seed-offset level
+    # the training stores train3d-n<net>-c<conc><tag> of the networks and every
+    # concentration, made if missing and listed in the array stores3d
+    training3d() { # tag seed-offset level networks
         stores3d=()
-        for net in $TRAIN_NETS_3D; do
+        for net in $4; do
             for c in $CONCENTRATIONS_3D; do
                 sparse3d "train3d-n$net-c$c$1" "$net" "$c" "$MOVIES_3D" \
                     "$((net * 100 + ${c%.*} + $2))" "$3"
@@ -386,7 +388,7 @@ if [ "$WEIGHTS_3D" != 0 ]; then
             done
         done
     }
-    training3d "$level_3d$features_3d" 0 "$LEVEL_3D"
+    training3d "$level_3d$features_3d" 0 "$LEVEL_3D" "$TRAIN_NETS_3D"
     train3d=("${stores3d[@]}")
     val3d=val3d
     [ "$VAL_MOVIES_3D" = 2 ] || val3d="val3d-m$VAL_MOVIES_3D"
@@ -405,11 +407,12 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"
     if [ "$FINETUNE_EPOCHS_3D" != 0 ] && [ "$FINETUNE_LEVEL_3D" != "$LEVEL_3D" ]; then
-        # stage 2 at another simulation level: stage 1's movies (same networks and seeds)
-        # simulated at FINETUNE_LEVEL_3D, in place of stage 1's, training continued from
+        # stage 2 at another simulation level: the movies of FINETUNE_NETS_3D (stage 1's
+        # by default: same networks and seeds) simulated at FINETUNE_LEVEL_3D, in place of
+        # stage 1's, training continued from
         # stage 1 (--init, schedule finetune with its own batch size); validation, and the
         # inference advice, on the validation movies at that level
-        training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D"
+        training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D"
         ft3d=("${stores3d[@]}")
         val3d=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
         sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
@@ -420,9 +423,9 @@ if [ "$WEIGHTS_3D" != 0 ]; then
             "${ft3d[0]}" "${also3d[@]}" --val "$WORK/$val3d.zarr" --init "$model3d" \
             --schedule finetune --epochs "$FINETUNE_EPOCHS_3D"
     elif [ "$FINETUNE_EPOCHS_3D" != 0 ]; then
-        # stage 2: as many fresh movies again (other simulation seeds) join stage 1's,
+        # stage 2: fresh movies of FINETUNE_NETS_3D (other simulation seeds) join stage 1's,
         # training continued from stage 1 at a low learning rate (--init, finetune)
-        training3d "-b$level_3d$features_3d" 50 "$LEVEL_3D"
+        training3d "-b$level_3d$features_3d" 50 "$LEVEL_3D" "$FINETUNE_NETS_3D"
         for s in "${stores3d[@]}"; do also3d+=(--also "$s"); done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
             "${train3d[0]}" "${also3d[@]}" --val "$WORK/$val3d.zarr" --init "$model3d" \

@@ -141,9 +141,9 @@ def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> 
     """The shipped recipe's two stages (FEATURES_3D=corr,iq, FINETUNE_LEVEL_3D=channel, the
     defaults): stage 1 trains on image-level movies, stage 2 continues from it (--init) on
     the same movies simulated at channel level and beamformed, and validates on the
-    channel-level validation movies."""
+    channel-level validation movies; FINETUNE_NETS_3D gives stage 2 more networks."""
     work, out = tmp_path / "work", tmp_path / "out"
-    done = make_weights(work, out, EPOCHS_3D="1", FINETUNE_EPOCHS_3D="1")
+    done = make_weights(work, out, EPOCHS_3D="1", FINETUNE_EPOCHS_3D="1", FINETUNE_NETS_3D="1 2")
     assert done.returncode == 0, done.stderr
     stages = {
         name: [p["stage"] for p in open_store(work / f"{name}.zarr").provenance]
@@ -162,6 +162,9 @@ def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> 
     assert "--init" in command and "deepstulm-3d-stage1.zarr" in command
     assert "train3d-n1-c30-ch-corr-iq.zarr" in command and "val3d-m1-ch-corr-iq.zarr" in command
     assert "train3d-n1-c30-corr-iq.zarr" not in command
+    # stage 2 on networks 1 and 2, stage 1 on network 1 alone
+    assert "train3d-n2-c30-ch-corr-iq.zarr" in command
+    assert not (work / "train3d-n2-c30-corr-iq.zarr").exists()
 
     bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", FINETUNE_LEVEL_3D="rf")
     assert bad.returncode == 2 and "FINETUNE_LEVEL_3D=rf" in bad.stderr
