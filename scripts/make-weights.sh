@@ -13,8 +13,9 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~2 h 30 min for 3D on one (image-level data ~11 min,
-# stage 1 80, channel-level data ~40, stage 2 20), on this shared 2-core machine):
+# stage 1 70, stage 2 30) and ~2 h 20 min for 3D (image-level data ~11 min, stage 1 80
+# with stage 2's channel-level data made beside it on the other core, stage 2 47), on
+# this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
 #   TRAIN_NETS, CONCENTRATIONS, MOVIES, FRAMES, VAL_NET, THRESHOLD   the 2D data
@@ -23,14 +24,17 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 30 min on one core; 16 networks
-#   x 2 concentrations x 4 movies = 128 training movies whose sites carry the correlation and
-#   the IQ (FEATURES_3D=corr,iq); stage 1 at image level, the paper's width 16, 1792 steps;
-#   stage 2 on the same movies simulated at channel level and beamformed
-#   (FINETUNE_LEVEL_3D=channel, FINETUNE_EPOCHS_3D=4, 256 steps of 2 movies): channel-level
-#   validation 0.373 plain, 0.414 advised against 0.360 for the correlation model shipped
-#   before (256 movies, 3584 steps; FINDINGS-3d.md section 21); peak RSS 3414 MiB (stage
-#   1), 2322 MiB (stage 2). The correlation-only recipes: FINDINGS-3d sections 8-19, e.g.
+#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 20 min of measured stages: image-level
+#   data ~11 min, stage 1 80 on one core while stage 2's channel-level data (~70 min,
+#   estimated from ~65 s per store) are made on the other, stage 2 47; 16 networks x 2
+#   concentrations x 4 movies = 128 training movies whose sites carry the correlation and
+#   the IQ (FEATURES_3D=corr,iq); stage 1 at image level, the paper's width 16, 1792
+#   steps; stage 2 on the same movies and as many of 16 more networks (FINETUNE_NETS_3D,
+#   256 movies) simulated at channel level and beamformed
+#   (FINETUNE_LEVEL_3D=channel, FINETUNE_EPOCHS_3D=4, 512 steps of 2 movies): channel-level
+#   validation 0.384 plain, 0.423 advised (stage 2 on stage 1's 16 networks: 0.373, 0.414;
+#   FINDINGS-3d.md sections 21-22); peak RSS 3414 MiB (stage 1), 2819 MiB (stage 2). The
+#   correlation-only recipes: FINDINGS-3d sections 8-19, e.g.
 #   FEATURES_3D=corr FINETUNE_EPOCHS_3D=0 with 32 networks: 0.365 advised on image-level
 #   validation, section 18):
 #   SCHEDULE_3D=cpu-3d EPOCHS_3D=14 CHANNELS_3D=16 BATCH_3D=1 INPUT_KERNEL_3D=3; on a GPU server the paper's
@@ -41,8 +45,8 @@
 #                                at channel level and beamformed (ulm beamform), as the held-out
 #                                movies are (~70 s per 4-movie store here against ~20 s; stores
 #                                named *-ch); with the IQ, 128 movies from scratch at channel
-#                                level: validation 0.365 plain, 0.399 advised against the shipped
-#                                recipe's 0.414 (section 21)
+#                                level: validation 0.365 plain, 0.399 advised against 0.414 for
+#                                stage 1 at image level + stage 2 on its movies (section 21)
 #                                (width 8: 32 networks with EPOCHS_3D=10, the same steps on twice the
 #                                data: validation +0.003 advised, held-out within 0.01;
 #                                FINDINGS-3d.md section 10)
@@ -82,15 +86,17 @@
 #   FINETUNE_EPOCHS_3D=4         N > 0: a stage 2, training continued N epochs from stage 1
 #                                (--init, schedule finetune) on FINETUNE_LEVEL_3D's movies;
 #                                0: stage 1 alone (paper-3d's default)
-#   FINETUNE_LEVEL_3D=channel    stage 2 trains on stage 1's movies (same networks and seeds)
-#                                simulated at channel level and beamformed, in place of stage
-#                                1's, with schedule finetune's batch size (2); validation and the
-#                                inference advice on the validation movies at that level (the
-#                                image-level model: 0.327 plain there, after 4 epochs 0.373);
-#                                the same level as LEVEL_3D: as many fresh movies again (other
-#                                seeds) join stage 1's instead (5 epochs of that gained 0.003 of
+#   FINETUNE_LEVEL_3D=channel    stage 2 trains on the movies of FINETUNE_NETS_3D (stage 1's
+#                                with the same seeds, and more) simulated at channel level and
+#                                beamformed, in place of stage 1's, with schedule finetune's
+#                                batch size (2); validation and the inference advice on the
+#                                validation movies at that level (the image-level model: 0.327
+#                                plain there, after 4 epochs on stage 1's networks 0.373, on
+#                                twice the movies 0.384); the same level as LEVEL_3D: fresh
+#                                movies of FINETUNE_NETS_3D (other seeds) join stage 1's instead (5 epochs of that gained 0.003 of
 #                                validation Dice on a correlation model, FINDINGS-3d.md)
-#   FINETUNE_NETS_3D=TRAIN_NETS_3D  stage 2's networks (e.g. more than stage 1's)
+#   FINETUNE_NETS_3D="TRAIN_NETS_3D 61 ... 68 71 ... 78"  stage 2's networks (paper-3d:
+#                                TRAIN_NETS_3D); stage 1's alone: 0.414 advised (section 21)
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
 
@@ -132,7 +138,8 @@ if [ "$SCHEDULE_3D" = paper-3d ]; then FEATURES_3D=${FEATURES_3D:-corr}; fi
 FEATURES_3D=${FEATURES_3D:-corr,iq}
 LEVEL_3D=${LEVEL_3D:-image}
 FINETUNE_LEVEL_3D=${FINETUNE_LEVEL_3D:-channel}
-FINETUNE_NETS_3D=${FINETUNE_NETS_3D:-$TRAIN_NETS_3D}
+if [ "$SCHEDULE_3D" = paper-3d ]; then FINETUNE_NETS_3D=${FINETUNE_NETS_3D:-$TRAIN_NETS_3D}; fi
+FINETUNE_NETS_3D=${FINETUNE_NETS_3D:-$TRAIN_NETS_3D 61 62 63 64 65 66 67 68 71 72 73 74 75 76 77 78}
 # the suffix of a store name for a simulation level (image: none, channel: -ch)
 level_suffix() { # variable level
     case "$2" in
@@ -402,6 +409,23 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     [ -n "$BATCH_3D" ] && batch3d=(--batch-size "$BATCH_3D")
     mirror3d=()
     [ -n "$MIRROR_3D" ] && mirror3d=(--mirror "$MIRROR_3D")
+    ft_data=
+    if [ "$FINETUNE_EPOCHS_3D" != 0 ] && [ "$FINETUNE_LEVEL_3D" != "$LEVEL_3D" ]; then
+        # stage 2's stores (below) are made on one thread beside stage 1's training, which
+        # leaves the other core idle; in a process group of their own, stopped if this
+        # script stops (an interrupted store is redone on the next run)
+        val3d_ft=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
+        set -m
+        (
+            export OMP_NUM_THREADS=1
+            training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D"
+            sparse3d "$val3d_ft" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
+                "$FINETUNE_LEVEL_3D"
+        ) &
+        ft_data=$!
+        set +m
+        trap 'kill -- -"$ft_data" 2> /dev/null || true' EXIT
+    fi
     NPROC=$NPROC_3D OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$model3d" "${train3d[0]}" \
         "${also3d[@]}" --val "$WORK/$val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
@@ -412,11 +436,10 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         # stage 1's, training continued from
         # stage 1 (--init, schedule finetune with its own batch size); validation, and the
         # inference advice, on the validation movies at that level
+        wait "$ft_data"
         training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D"
         ft3d=("${stores3d[@]}")
-        val3d=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
-        sparse3d "$val3d" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
-            "$FINETUNE_LEVEL_3D"
+        val3d=$val3d_ft
         also3d=()
         for s in "${ft3d[@]:1}"; do also3d+=(--also "$s"); done
         OMP_NUM_THREADS=${OMP_NUM_THREADS_3D:-1} train_model "$WORK/deepstulm-3d.zarr" \
