@@ -93,8 +93,9 @@
 #                                validation movies at that level (the image-level model: 0.327
 #                                plain there, after 4 epochs on stage 1's networks 0.373, on
 #                                twice the movies 0.384); the same level as LEVEL_3D: fresh
-#                                movies of FINETUNE_NETS_3D (other seeds) join stage 1's instead (5 epochs of that gained 0.003 of
-#                                validation Dice on a correlation model, FINDINGS-3d.md)
+#                                movies of FINETUNE_NETS_3D (other seeds) join stage 1's
+#                                instead (5 epochs of as many fresh movies again gained 0.003
+#                                of validation Dice on a correlation model, FINDINGS-3d.md)
 #   FINETUNE_NETS_3D="TRAIN_NETS_3D 61 ... 68 71 ... 78"  stage 2's networks (paper-3d:
 #                                TRAIN_NETS_3D); stage 1's alone: 0.414 advised (section 21)
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
