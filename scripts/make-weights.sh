@@ -431,14 +431,14 @@ if [ "$WEIGHTS_3D" != 0 ]; then
         "${also3d[@]}" --val "$WORK/$val3d.zarr" --schedule "$SCHEDULE_3D" \
         --epochs "$EPOCHS_3D" --channels "$CHANNELS_3D" "${batch3d[@]}" \
         --input-kernel "$INPUT_KERNEL_3D" --pruning "${mirror3d[@]}"
-    if [ "$FINETUNE_EPOCHS_3D" != 0 ] && [ "$FINETUNE_LEVEL_3D" != "$LEVEL_3D" ]; then
+    if [ -n "$ft_data" ]; then
         # stage 2 at another simulation level: the movies of FINETUNE_NETS_3D (stage 1's
-        # by default: same networks and seeds) simulated at FINETUNE_LEVEL_3D, in place of
-        # stage 1's, training continued from
-        # stage 1 (--init, schedule finetune with its own batch size); validation, and the
-        # inference advice, on the validation movies at that level
+        # with the same seeds, and more) simulated at FINETUNE_LEVEL_3D, made above, in
+        # place of stage 1's; training continued from stage 1 (--init, schedule finetune
+        # with its own batch size); validation, and the inference advice, on the
+        # validation movies at that level
         wait "$ft_data"
-        training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D"
+        training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D" # lists them
         ft3d=("${stores3d[@]}")
         val3d=$val3d_ft
         also3d=()
