@@ -157,6 +157,13 @@ case "$FEATURES_3D" in
     corr,iq) features_3d=-corr-iq ;;
     *) echo "make-weights: FEATURES_3D=$FEATURES_3D is not a feature set; give corr or corr,iq" >&2; exit 2 ;;
 esac
+for v in TRAIN_NETS_3D FINETUNE_NETS_3D; do
+    for net in ${!v}; do
+        case "$net" in
+            '' | *[!0-9]*) echo "make-weights: $v has '$net', not a network seed; give whole numbers, e.g. \"21 22\"" >&2; exit 2 ;;
+        esac
+    done
+done
 case "$NPROC_3D" in
     '' | *[!0-9]* | 0) echo "make-weights: NPROC_3D=$NPROC_3D is not a number of processes; give N >= 1" >&2; exit 2 ;;
 esac

@@ -169,3 +169,6 @@ def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> 
     bad = make_weights(tmp_path / "bad", tmp_path / "bad-out", FINETUNE_LEVEL_3D="rf")
     assert bad.returncode == 2 and "FINETUNE_LEVEL_3D=rf" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    bad = make_weights(tmp_path / "bad2", tmp_path / "bad2-out", FINETUNE_NETS_3D="1 x")
+    assert bad.returncode == 2 and "FINETUNE_NETS_3D has 'x'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad2").exists()
