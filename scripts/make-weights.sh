@@ -9,7 +9,8 @@
 # (e.g. 101, 103) are never touched here. Everything is seeded.
 #
 # Resumable: data stores are made once (an interrupted one is redone), and an
-# interrupted 'ulm train' continues from its checkpoint (--resume). Keep WORK to
+# interrupted 'ulm train' continues from its checkpoint (--resume); a signal to this
+# script (Ctrl-C, or SIGTERM from a scheduler) stops the command it runs too. Keep WORK to
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
@@ -100,6 +101,26 @@
 #                                TRAIN_NETS_3D); stage 1's alone: 0.414 advised (section 21)
 #   DEVICE=cpu|cuda|auto         OUT, WORK, KEEP
 set -euo pipefail
+
+# Stopped by a signal (SIGTERM from a batch scheduler or 'timeout', Ctrl-C, a closed
+# terminal), the recipe stops what it is running too. bash runs a trap only once its
+# foreground command has returned, so the recipe runs as a child, in a process group of
+# its own, and this shell, waiting for it, passes the signal on to that whole group:
+# 'ulm train' keeps its checkpoint, and the next run resumes.
+if [ -z "${MAKE_WEIGHTS_RECIPE:-}" ]; then
+    set -m
+    MAKE_WEIGHTS_RECIPE=1 bash "${BASH_SOURCE[0]}" "$@" &
+    recipe=$!
+    set +m
+    trap 'kill -TERM -- -"$recipe" 2> /dev/null || true' TERM INT HUP
+    # 'wait' returns early when a signal arrives; wait again for the recipe's own status
+    until
+        rc=0
+        wait "$recipe" || rc=$?
+        ! kill -0 "$recipe" 2> /dev/null
+    do :; done
+    exit "$rc"
+fi
 
 OUT=${OUT:-ulmtools/weights}
 WORK=${WORK:-build/weights-work}

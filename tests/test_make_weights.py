@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,49 @@ def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> 
     bad = make_weights(tmp_path / "bad2", tmp_path / "bad2-out", FINETUNE_NETS_3D="1 x")
     assert bad.returncode == 2 and "FINETUNE_NETS_3D has 'x'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad2").exists()
+
+
+def _recipe_processes(work: Path) -> list[int]:
+    """The pids of running processes whose command line names ``work``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if any(str(work).encode() in a for a in argv) and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def test_sigterm_stops_the_training_it_runs(tmp_path: Path) -> None:
+    """SIGTERM to the recipe's shell alone (a batch scheduler, 'timeout') stops the 'ulm
+    train' it is waiting for, instead of leaving it to run on and write the model later;
+    the training leaves its checkpoint, and the run exits non-zero."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**os.environ, **TINY_3D, "WORK": str(work), "OUT": str(out), "EPOCHS_3D": "500"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    recipe = subprocess.Popen(
+        ["bash", str(SCRIPT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not resume_path(work / "deepstulm-3d.zarr").exists():  # epoch 1 is done
+            assert recipe.poll() is None, recipe.stderr.read().decode() if recipe.stderr else ""
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.5)
+        recipe.send_signal(signal.SIGTERM)
+        assert recipe.wait(timeout=120) != 0
+        deadline = time.monotonic() + 60
+        while _recipe_processes(work) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _recipe_processes(work) == [], "the recipe's commands outlived it"
+        assert resume_path(work / "deepstulm-3d.zarr").exists()
+        assert not (out / "deepstulm-3d.zarr").exists()
+    finally:
+        if recipe.poll() is None:
+            recipe.kill()
+        for pid in _recipe_processes(work):
+            os.kill(pid, signal.SIGKILL)
