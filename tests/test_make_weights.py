@@ -1,5 +1,6 @@
-"""``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes, and
-NPROC_3D trains in several processes, FEATURES_3D=corr,iq gives the network the IQ.
+"""``scripts/make-weights.sh`` (``make weights``): an interrupted run resumes,
+NPROC_3D trains in several processes, FEATURES_3D=corr,iq gives the network the IQ, and
+a SIGTERM to the script stops the training it runs.
 
 The recipe runs for hours outside CI, so it must pick up an interrupted ``ulm train``
 where its checkpoint left it rather than ship the half-trained model. Here the 3D
@@ -9,6 +10,7 @@ second epoch, and is run again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -198,13 +200,13 @@ def test_sigterm_stops_the_training_it_runs(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     env = {**os.environ, **TINY_3D, "WORK": str(work), "OUT": str(out), "EPOCHS_3D": "500"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    recipe = subprocess.Popen(
-        ["bash", str(SCRIPT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while it runs
+    with log.open("w") as err:
+        recipe = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=err, stderr=err)
     try:
         deadline = time.monotonic() + 300
         while not resume_path(work / "deepstulm-3d.zarr").exists():  # epoch 1 is done
-            assert recipe.poll() is None, recipe.stderr.read().decode() if recipe.stderr else ""
+            assert recipe.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.5)
         recipe.send_signal(signal.SIGTERM)
@@ -219,4 +221,5 @@ def test_sigterm_stops_the_training_it_runs(tmp_path: Path) -> None:
         if recipe.poll() is None:
             recipe.kill()
         for pid in _recipe_processes(work):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
