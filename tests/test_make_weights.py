@@ -49,9 +49,15 @@ TINY_3D = {
 }
 
 
-def make_weights(work: Path, out: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def recipe_env(work: Path, out: Path, **extra: str) -> dict[str, str]:
+    """The tiny recipe's environment, with this interpreter's ``ulm`` first on PATH."""
     env = {**os.environ, **TINY_3D, "WORK": str(work), "OUT": str(out), **extra}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def make_weights(work: Path, out: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = recipe_env(work, out, **extra)
     return subprocess.run(
         ["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600
     )
@@ -198,8 +204,7 @@ def test_sigterm_stops_the_training_it_runs(tmp_path: Path) -> None:
     train' it is waiting for, instead of leaving it to run on and write the model later;
     the training leaves its checkpoint, and the run exits non-zero."""
     work, out = tmp_path / "work", tmp_path / "out"
-    env = {**os.environ, **TINY_3D, "WORK": str(work), "OUT": str(out), "EPOCHS_3D": "500"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = recipe_env(work, out, EPOCHS_3D="500")
     log = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while it runs
     with log.open("w") as err:
         recipe = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=err, stderr=err)
