@@ -442,11 +442,13 @@ if [ "$WEIGHTS_3D" != 0 ]; then
     if [ "$FINETUNE_EPOCHS_3D" != 0 ] && [ "$FINETUNE_LEVEL_3D" != "$LEVEL_3D" ]; then
         # stage 2's stores (below) are made on one thread beside stage 1's training, which
         # leaves the other core idle; in a process group of their own, stopped if this
-        # script stops (an interrupted store is redone on the next run)
+        # script stops (an interrupted store is redone on the next run). One thread means
+        # numba's too: 'ulm beamform' and 'ulm simulate' size their numba thread pools by
+        # NUMBA_NUM_THREADS (every core by default), not OMP_NUM_THREADS
         val3d_ft=${val3d%"$level_3d$features_3d"}$ft_level_3d$features_3d
         set -m
         (
-            export OMP_NUM_THREADS=1
+            export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
             training3d "$ft_level_3d$features_3d" 0 "$FINETUNE_LEVEL_3D" "$FINETUNE_NETS_3D"
             sparse3d "$val3d_ft" "$VAL_NET_3D" 30 "$VAL_MOVIES_3D" "$((VAL_NET_3D * 100 + 30))" \
                 "$FINETUNE_LEVEL_3D"
