@@ -168,6 +168,11 @@ def test_finetune_level_3d_continues_on_channel_level_movies(tmp_path: Path) -> 
         for name in ("train3d-n1-c30-corr-iq", "train3d-n1-c30-ch-corr-iq")
     }
     assert len(set(seeds.values())) == 1, seeds
+    # stage 2's stores are made beside stage 1's training, on the other core: beamformed
+    # on one thread (numba's pool is every core unless NUMBA_NUM_THREADS says otherwise)
+    for name in ("train3d-n1-c30-ch-corr-iq", "train3d-n2-c30-ch-corr-iq", "val3d-m1-ch-corr-iq"):
+        beamform = open_store(work / f"{name}.zarr").provenance[1]
+        assert beamform["parameters"]["workers"] == 1, (name, beamform["parameters"])
     command = open_store(out / "deepstulm-3d.zarr", "model").provenance[-1]["command"]
     assert "--init" in command and "deepstulm-3d-stage1.zarr" in command
     assert "train3d-n1-c30-ch-corr-iq.zarr" in command and "val3d-m1-ch-corr-iq.zarr" in command
