@@ -10,7 +10,7 @@
 #                  the wheel is cached in ~/.cache/ulmtools/wheels)
 #   make gpu-check on a machine with a CUDA GPU: the CUDA tests and bench/bench_gpu.py (a few
 #                  minutes); PY=python3 uses an environment that already has the dependencies
-#   make weights   retrain the pretrained models shipped in ulmtools/weights (2D ~2 h, 3D ~2 h 20 min, 2 CPU cores;
+#   make weights   retrain the pretrained models shipped in ulmtools/weights (2D ~2 h, 3D ~2 h 50 min, 2 CPU cores;
 #                  resumable; WEIGHTS_3D=0 skips 3D, SCHEDULE=paper-2d DEVICE=cuda on a GPU)
 #   make paper     the reference paper's tables and figures into build/paper/SIZE/report.md
 #                  (SIZE=cpu ~50 min on 2 cores, tiny ~3-10 min, gpu the paper's sizes; -j2, resumable)

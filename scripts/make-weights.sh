@@ -14,8 +14,8 @@
 # resume; it is removed at the end unless KEEP=1.
 #
 # Variables (defaults: the shipped CPU recipes, ~2 h for 2D on 2 cores (data ~15 min,
-# stage 1 70, stage 2 30) and ~2 h 20 min for 3D (image-level data ~11 min, stage 1 80
-# with stage 2's channel-level data made beside it on the other core, stage 2 47), on
+# stage 1 70, stage 2 30) and ~2 h 50 min for 3D (image-level data 11 min, stage 1 110
+# with stage 2's channel-level data made beside it on the other core, stage 2 ~49), on
 # this shared 2-core machine):
 #   SCHEDULE=cpu-2d EPOCHS=16 CHANNELS=16 BATCH=2  training; on a GPU server the paper's
 #                                schedule: SCHEDULE=paper-2d (its 300 epochs, width 16)
@@ -25,9 +25,10 @@
 #                                continued from stage 1 (--init, schedule finetune);
 #                                NOISE_2D= (empty) ships stage 1 alone
 #   WEIGHTS_2D=0, WEIGHTS_3D=0   skip the 2D or the 3D model
-#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 20 min of measured stages: image-level
-#   data ~11 min, stage 1 80 on one core while stage 2's channel-level data (~70 min,
-#   estimated from ~65 s per store) are made on the other, stage 2 47; 16 networks x 2
+#   3D (issue 13; defaults: the shipped CPU recipe, ~2 h 50 min: image-level data 11 min,
+#   stage 1 110 on one core while stage 2's channel-level data (78 min, 79 s per store) are
+#   made on the other, both measured in one run from a fresh checkout (FINDINGS-3d.md
+#   section 25), stage 2 ~49 (its first epoch in that run: 731 s); 16 networks x 2
 #   concentrations x 4 movies = 128 training movies whose sites carry the correlation and
 #   the IQ (FEATURES_3D=corr,iq); stage 1 at image level, the paper's width 16, 1792
 #   steps; stage 2 on the same movies and as many of 16 more networks (FINETUNE_NETS_3D,
